@@ -1,0 +1,81 @@
+"""Starting and stopping Ray for a job.
+
+`init_ray()` with no address starts a private local cluster bound to loopback only (127.0.0.1): no
+port and no dashboard is reachable from another machine. Ray binds to the machine's own address by
+default on Linux; `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` makes it resolve its node address to
+127.0.0.1 (REFERENCE.md section 6). With an address (``"ray://..."``, ``"host:port"`` or ``"auto"``)
+the driver joins that cluster instead; Ray 2.60 clusters use token authentication by default, so the
+token must be available to the driver the same way as for ``ray job submit`` (``RAY_AUTH_TOKEN`` or
+the token file on the head node), and nothing here creates or prints one.
+"""
+
+from __future__ import annotations
+
+import os
+
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _force_loopback() -> None:
+    """Make Ray pick 127.0.0.1 as this node's address, also when ray was imported already."""
+    os.environ[_LOOPBACK_ENV] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def init_ray(
+    address: str | None = None,
+    *,
+    num_cpus: int | None = None,
+    num_gpus: float | None = None,
+    system_config: dict | None = None,
+) -> None:
+    """Start a local loopback-only Ray, or join the cluster at `address`.
+
+    Args:
+        address: None for a private local cluster; anything else is passed to ``ray.init`` to join.
+        num_cpus, num_gpus: resources of the local cluster (``num_gpus`` may be logical GPUs on a CPU
+            machine, which is how GPU scheduling is tested). Ignored when joining.
+        system_config: Ray ``_system_config`` for a local cluster (e.g. a fast health check).
+    Raises:
+        ValueError: negative resources.
+        RuntimeError: Ray could not start or the cluster could not be reached.
+    """
+    if num_cpus is not None and num_cpus < 1:
+        raise ValueError(f"num_cpus must be >= 1, got {num_cpus!r}")
+    if num_gpus is not None and num_gpus < 0:
+        raise ValueError(f"num_gpus must be >= 0, got {num_gpus!r}")
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        if address is None:
+            _force_loopback()
+            kwargs: dict = {}
+            if system_config:
+                kwargs["_system_config"] = system_config
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                log_to_driver=True,
+                configure_logging=False,
+                **kwargs,
+            )
+        else:
+            ray.init(address=address, log_to_driver=True, configure_logging=False)
+    except Exception as e:  # ConnectionError, RuntimeError, ... from inside ray
+        where = "a local Ray cluster" if address is None else f"the Ray cluster at {address!r}"
+        raise RuntimeError(f"could not start {where}: {type(e).__name__}: {e}") from e
+
+
+def shutdown_ray() -> None:
+    """Disconnect from (and, for a local cluster, stop) Ray; a no-op when not connected."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
