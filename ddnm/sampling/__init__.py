@@ -1,5 +1,6 @@
 """DDNM / DDNM+ sampling: noise schedules, step lists with time travel, and the sampler loop."""
 
+from ddnm.sampling.ddnm import SampleOutput, ddnm_sample, image_generator
 from ddnm.sampling.schedule import (
     cosine_schedule,
     linear_schedule,
@@ -9,5 +10,5 @@ from ddnm.sampling.schedule import (
     travel_steps,
 )
 
-__all__ = ["cosine_schedule", "linear_schedule", "model_calls", "skip_steps", "travel_indices",
-           "travel_steps"]
+__all__ = ["SampleOutput", "cosine_schedule", "ddnm_sample", "image_generator", "linear_schedule",
+           "model_calls", "skip_steps", "travel_indices", "travel_steps"]
