@@ -61,6 +61,8 @@ class ADMConfig:
     """Dropout in the residual blocks (0 at inference)."""
     use_new_attention_order: bool = False
     """q/k/v split before heads (True) or the released checkpoints' per-head "legacy" order."""
+    norm_groups: int = 32
+    """GroupNorm groups (32 in every released checkpoint; fewer for tiny test models)."""
 
     def __post_init__(self) -> None:
         for name in ("image_size", "in_channels", "model_channels", "num_res_blocks"):
@@ -80,11 +82,13 @@ class ADMConfig:
                 f"ADMConfig.image_size {self.image_size} is not divisible by "
                 f"2**{len(self.channel_mult) - 1} (channel_mult={self.channel_mult})"
             )
+        if self.norm_groups < 1:
+            raise ValueError(f"ADMConfig.norm_groups must be >= 1, got {self.norm_groups!r}")
         for width in {self.model_channels * m for m in self.channel_mult}:
-            if width % 32:
+            if width % self.norm_groups:
                 raise ValueError(
-                    f"ADMConfig.model_channels * channel_mult must be multiples of 32 "
-                    f"(GroupNorm groups), got width {width}"
+                    f"ADMConfig.model_channels * channel_mult must be multiples of "
+                    f"norm_groups={self.norm_groups}, got width {width}"
                 )
             if self.num_head_channels != -1 and width % self.num_head_channels:
                 raise ValueError(
@@ -116,10 +120,10 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32 groups) computed in float32 whatever the dtype of input and parameters."""
+    """GroupNorm (32 groups by default) computed in float32 whatever the input and parameter dtypes."""
 
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__(32, channels, eps=eps)
+    def __init__(self, channels: int, eps: float = 1e-5, groups: int = 32) -> None:
+        super().__init__(groups, channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
@@ -159,8 +163,6 @@ class _Up(nn.Module):
 class ResBlock(nn.Module):
     """Residual block with time conditioning, optionally resampling (``up`` / ``down``)."""
 
-    takes_emb = True
-
     def __init__(
         self,
         channels: int,
@@ -171,11 +173,12 @@ class ResBlock(nn.Module):
         use_scale_shift_norm: bool,
         up: bool = False,
         down: bool = False,
+        groups: int = 32,
     ) -> None:
         super().__init__()
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
-            GroupNorm32(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            GroupNorm32(channels, groups=groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1)
         )
         self.updown = up or down
         if up:
@@ -187,7 +190,7 @@ class ResBlock(nn.Module):
         emb_out = 2 * out_channels if use_scale_shift_norm else out_channels
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, emb_out))
         self.out_layers = nn.Sequential(
-            GroupNorm32(out_channels),
+            GroupNorm32(out_channels, groups=groups),
             nn.SiLU(),
             nn.Dropout(dropout),
             nn.Conv2d(out_channels, out_channels, 3, padding=1),
@@ -224,11 +227,11 @@ class AttentionBlock(nn.Module):
     ``1/sqrt(C / heads)``, the default of scaled_dot_product_attention.
     """
 
-    def __init__(self, channels: int, num_heads: int, new_order: bool = False) -> None:
+    def __init__(self, channels: int, num_heads: int, new_order: bool = False, groups: int = 32) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.new_order = new_order
-        self.norm = GroupNorm32(channels)
+        self.norm = GroupNorm32(channels, groups=groups)
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
@@ -280,13 +283,14 @@ class ADMUNet(nn.Module):
                 ch_out,
                 dropout=cfg.dropout,
                 use_scale_shift_norm=cfg.use_scale_shift_norm,
+                groups=cfg.norm_groups,
                 **kw,
             )
 
         def attn(ch: int, heads: int) -> AttentionBlock:
             if cfg.num_head_channels != -1:
                 heads = ch // cfg.num_head_channels
-            return AttentionBlock(ch, heads, cfg.use_new_attention_order)
+            return AttentionBlock(ch, heads, cfg.use_new_attention_order, cfg.norm_groups)
 
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if cfg.num_classes is not None:
@@ -327,7 +331,9 @@ class ADMUNet(nn.Module):
                     ds //= 2
                 self.output_blocks.append(_EmbSequential(*layers))
 
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            GroupNorm32(ch, groups=cfg.norm_groups), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+        )
 
     def forward(
         self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None
