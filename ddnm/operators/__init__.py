@@ -1,0 +1,24 @@
+"""Degradation operators ``y = A x`` with pseudo-inverses and SVD views (see INTERFACES.md).
+
+``build(spec, x_shape, **settings)`` makes one from a task name, a ``{"task": ...}`` dict or a dotted
+``"package.module:Class"`` path; ``TASKS`` lists the registered tasks.
+"""
+
+from . import tasks as _tasks  # noqa: F401  (registers the tasks)
+from .base import Composite, Operator, SVDOperator
+from .masks import box_mask, center_mask, load_mask, random_mask
+from .registry import TASKS, TaskInfo, build, tasks_json
+
+__all__ = [
+    "TASKS",
+    "Composite",
+    "Operator",
+    "SVDOperator",
+    "TaskInfo",
+    "box_mask",
+    "build",
+    "center_mask",
+    "load_mask",
+    "random_mask",
+    "tasks_json",
+]

@@ -1,0 +1,186 @@
+"""The task registry: task name -> settings, builder, and shape rules; ``build`` from a plain spec.
+
+A spec is what job files and the CLI carry:
+
+* a task name: ``build("sr_bicubic", x_shape=(3, 256, 256), scale=4)``,
+* a dict: ``build({"task": "inpaint", "mask": "masks/m.png"}, x_shape=(3, 256, 256))``,
+* a dotted path ``"package.module:ClassName"`` to a user subclass of
+  :class:`ddnm.operators.base.Operator` (or :class:`~ddnm.operators.base.SVDOperator` for DDNM+).
+  The class is constructed as ``ClassName(x_shape=x_shape, **settings)`` and must implement ``A`` and
+  ``A_pinv`` (and the SVD view if it sets ``has_svd = True``); the module must be importable on every
+  worker.
+
+Unknown tasks and unknown settings are ValueErrors naming them; ``TASKS[name].validate(x_shape,
+**settings)`` checks sizes and values before any heavy work (bicubic and blur SVDs, file reads are
+cheap). ``tasks_json()`` lists every task for ``python -m ddnm tasks --json``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .base import Operator
+
+Settings = dict[str, tuple[Any, type, str]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskInfo:
+    """One registered task.
+
+    Attributes:
+        name: the task name.
+        description: one line for ``tasks`` listings.
+        settings: ``{name: (default, type, help)}``.
+        builder: ``builder(x_shape, **settings) -> Operator`` with every setting given.
+        restore_from_image: whether ``op.observe`` can read ``y`` from an already degraded image.
+        has_svd: whether the built operator has the SVD view (DDNM+ per singular value).
+        check: ``check(x_shape, settings)`` raising ValueError naming a bad setting.
+        obs_to_x: ``obs_to_x(obs_shape, settings) -> x_shape`` (restore mode), None when impossible.
+    """
+
+    name: str
+    description: str
+    settings: Settings
+    builder: Callable[..., Operator]
+    restore_from_image: bool
+    has_svd: bool
+    check: Callable[[tuple[int, int, int], dict[str, Any]], None]
+    obs_to_x: Callable[[tuple[int, ...], dict[str, Any]], tuple[int, int, int]] | None = None
+
+    def resolve(self, **settings: Any) -> dict[str, Any]:
+        """Defaults updated by ``settings``; unknown names and uncoercible numbers are ValueErrors."""
+        unknown = sorted(set(settings) - set(self.settings))
+        if unknown:
+            raise ValueError(
+                f"unknown setting(s) {unknown} for task {self.name!r}; known: {sorted(self.settings)}"
+            )
+        out = {k: v[0] for k, v in self.settings.items()}
+        for k, v in settings.items():
+            typ = self.settings[k][1]
+            if isinstance(v, str) and typ in (int, float):
+                try:
+                    v = typ(v)
+                except ValueError as e:
+                    raise ValueError(f"setting {k}={v!r} of task {self.name!r} is not {typ.__name__}") from e
+            out[k] = v
+        return out
+
+    def validate(self, x_shape: tuple[int, ...], **settings: Any) -> None:
+        """Raise ValueError naming the setting (or x_shape) and value when they do not fit together."""
+        x_shape = _check_shape(x_shape)
+        self.check(x_shape, self.resolve(**settings))
+
+    def x_shape_from_observation(self, obs_shape: tuple[int, ...], **settings: Any) -> tuple[int, int, int]:
+        """Clean-image shape ``(C, H, W)`` for an observed image of shape ``(C', h, w)``."""
+        if self.obs_to_x is None:
+            raise NotImplementedError(f"task {self.name!r} cannot read its observation from an image")
+        obs_shape = tuple(int(v) for v in obs_shape)
+        if len(obs_shape) != 3:
+            raise ValueError(f"obs_shape must be (C, h, w), got {obs_shape}")
+        return self.obs_to_x(obs_shape, self.resolve(**settings))
+
+    def build(self, x_shape: tuple[int, ...], **settings: Any) -> Operator:
+        x_shape = _check_shape(x_shape)
+        resolved = self.resolve(**settings)
+        self.check(x_shape, resolved)
+        return self.builder(x_shape, **resolved)
+
+
+def _check_shape(x_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in x_shape)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"x_shape must be (C, H, W), got {x_shape!r}") from e
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"x_shape must be (C, H, W) with positive sizes, got {x_shape!r}")
+    return shape  # type: ignore[return-value]
+
+
+TASKS: dict[str, TaskInfo] = {}
+
+
+def register(info: TaskInfo) -> TaskInfo:
+    TASKS[info.name] = info
+    return info
+
+
+def _load_class(path: str) -> type[Operator]:
+    mod_name, _, cls_name = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"task {path!r}: cannot import {cls_name!r} from module {mod_name!r} ({e})") from e
+    if not (isinstance(cls, type) and issubclass(cls, Operator)):
+        raise ValueError(f"task {path!r} is not a subclass of ddnm.operators.Operator")
+    return cls
+
+
+def build(
+    spec: str | Mapping[str, Any] | Operator,
+    x_shape: tuple[int, ...],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    **overrides: Any,
+) -> Operator:
+    """Build an operator from a task name, a ``{"task": ..., **settings}`` dict or a dotted class path.
+
+    ``overrides`` update the spec's settings. Buffers are computed in float64 and stored as ``dtype`` on
+    ``device``. An :class:`Operator` instance is returned as it is (moved to ``device`` / ``dtype``).
+    """
+    if isinstance(spec, Operator):
+        if overrides:
+            raise ValueError(f"settings {sorted(overrides)} cannot be applied to an operator instance")
+        return spec.to(device=device, dtype=dtype)
+    if isinstance(spec, Mapping):
+        settings = dict(spec)
+        if "task" not in settings:
+            raise ValueError(f"task spec needs a 'task' key, got keys {sorted(settings)}")
+        task = settings.pop("task")
+    else:
+        task, settings = spec, {}
+    settings.update(overrides)
+    if not isinstance(task, str):
+        raise ValueError(f"task must be a task name or 'package.module:Class', got {task!r}")
+    if task in TASKS:
+        op = TASKS[task].build(x_shape, **settings)
+    elif ":" in task:
+        cls = _load_class(task)
+        try:
+            op = cls(x_shape=_check_shape(x_shape), **settings)
+        except TypeError as e:
+            raise ValueError(f"task {task!r}: bad settings {sorted(settings)} ({e})") from e
+    else:
+        raise ValueError(f"unknown task {task!r}; known tasks: {sorted(TASKS)} or 'package.module:Class'")
+    return op.to(device=device, dtype=dtype)
+
+
+def _jsonable(v: Any) -> Any:
+    if v is None or isinstance(v, bool | int | float | str):
+        return v
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    return repr(v)
+
+
+def tasks_json() -> list[dict[str, Any]]:
+    """Every task as a JSON-ready dict: name, description, settings (default, type, help), flags."""
+    return [
+        {
+            "name": t.name,
+            "description": t.description,
+            "settings": {
+                k: {"default": _jsonable(d), "type": typ.__name__, "help": h}
+                for k, (d, typ, h) in t.settings.items()
+            },
+            "has_svd": t.has_svd,
+            "restore_from_image": t.restore_from_image,
+        }
+        for t in TASKS.values()
+    ]

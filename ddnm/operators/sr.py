@@ -1,0 +1,99 @@
+"""Super-resolution operators: ``s x s`` average pooling and separable bicubic downsampling.
+
+Average pooling: each ``s x s`` block maps to its mean, ``y_b = (1/s^2) 1^T x_b = (1/s) (1/s 1)^T x_b``;
+``1/s 1`` is a unit vector, so the block's only singular value is ``1/s`` with right singular vector
+``1/s 1`` (DDRM appendix). ``V`` per block is a fixed orthonormal ``s^2 x s^2`` basis whose first row is
+``1/s 1``; ``A_pinv`` replicates each value over its block.
+
+Bicubic: the separable Keys kernel (``a = -0.5``) stretched by the scale ``s`` (``4s`` taps, stride
+``s``, normalised to sum 1), i.e. the antialiased bicubic of Pillow / ``interpolate(antialias=True)``,
+with "reflect" (half-sample symmetric: ``x[-1] = x[0]``) or zero padding at the borders. Its SVD is that
+of the two 1-D matrices (:class:`ddnm.operators.separable.SeparableSVD`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import SVDOperator
+from .color import basis_with_first_row
+
+
+def _blocks(x: Tensor, s: int) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, C, H/s, W/s, s*s)``."""
+    B, C, H, W = x.shape
+    b = x.reshape(B, C, H // s, s, W // s, s).permute(0, 1, 2, 4, 3, 5)
+    return b.reshape(B, C, H // s, W // s, s * s)
+
+
+def _unblocks(b: Tensor, s: int) -> Tensor:
+    """``(B, C, h, w, s*s)`` -> ``(B, C, h*s, w*s)``."""
+    B, C, h, w, _ = b.shape
+    return b.reshape(B, C, h, w, s, s).permute(0, 1, 2, 4, 3, 5).reshape(B, C, h * s, w * s)
+
+
+class AvgPoolSR(SVDOperator):
+    """``s x s`` block mean: ``(B, C, H, W)`` -> ``(B, C, H/s, W/s)``; ``s`` must divide ``H`` and ``W``."""
+
+    name = "sr_avgpool"
+
+    def __init__(self, x_shape: Sequence[int], scale: int = 4) -> None:
+        super().__init__(x_shape)
+        C, H, W = self.x_shape
+        if int(scale) != scale or scale < 1 or H % scale or W % scale:
+            raise ValueError(f"scale must be a positive integer dividing H={H} and W={W}, got {scale}")
+        self.scale = s = int(scale)
+        self.register_buffer("Q", basis_with_first_row(torch.full((s * s,), 1.0 / s, dtype=torch.float64)))
+
+    def A(self, x: Tensor) -> Tensor:
+        self._check_x(x)
+        return F.avg_pool2d(x, self.scale) if self.scale > 1 else x.clone()
+
+    def A_pinv(self, y: Tensor) -> Tensor:
+        s = self.scale
+        return y.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
+
+    def Vt(self, x: Tensor) -> Tensor:
+        return (_blocks(x, self.scale) @ self._buf("Q", x).T).reshape(x.shape[0], -1)
+
+    def V(self, c: Tensor) -> Tensor:
+        C, H, W = self.x_shape
+        s = self.scale
+        c = c.reshape(c.shape[0], C, H // s, W // s, s * s)
+        return _unblocks(c @ self._buf("Q", c), s)
+
+    def U(self, c: Tensor) -> Tensor:
+        C, H, W = self.x_shape
+        s = self.scale
+        return c.reshape(c.shape[0], C, H // s, W // s, s * s)[..., 0]
+
+    def Ut(self, y: Tensor) -> Tensor:
+        s2 = self.scale**2
+        c = torch.zeros(*y.shape, s2, dtype=y.dtype, device=y.device)
+        c[..., 0] = y
+        return c.reshape(y.shape[0], -1)
+
+    def singulars(self) -> Tensor:
+        C, H, W = self.x_shape
+        s = self.scale
+        sing = torch.zeros(C, H // s, W // s, s * s, dtype=self.Q.dtype, device=self.Q.device)
+        sing[..., 0] = 1.0 / s
+        return sing.reshape(-1)
+
+    def observe(self, image: Tensor) -> Tensor:
+        """The low-resolution image ``(B, C, H/s, W/s)`` is ``y`` itself."""
+        return _check_lr(self, image)
+
+
+def _check_lr(op: SVDOperator, image: Tensor) -> Tensor:
+    C, H, W = op.x_shape
+    s = op.scale
+    want = (C, H // s, W // s)
+    if image.dim() != 4 or tuple(image.shape[1:]) != want:
+        raise ValueError(f"{op.name}: observed image must be (B, {', '.join(map(str, want))}), "
+                         f"got {tuple(image.shape)}")
+    return image
