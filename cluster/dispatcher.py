@@ -1,0 +1,210 @@
+"""Keep restore actors busy, replace the dead ones and re-queue their shards.
+
+Not ``ray.util.ActorPool``: that pool neither replaces dead actors nor resubmits their work
+(REFERENCE.md section 6). Here each actor has up to `in_flight` shards queued (the actor runs two at a
+time, see `cluster.worker`), results are taken with ``ray.wait`` in completion order and handed to
+``on_result`` on the driver thread.
+
+Failures:
+- a shard's task raises (a bug in the worker, not a bad image: those are rows): the shard is re-queued
+  with ``attempt + 1``, the actor is kept;
+- the actor dies or becomes unreachable (process killed, node removed, out of memory): it is killed
+  for good, a new actor is started in its place, and every shard it had in flight is re-queued with
+  ``attempt + 1`` (to any live actor; a replacement that cannot be placed yet does not hold work);
+- a shard that reaches `max_attempts` comes back as a summary whose rows are all failed with the reason;
+- an actor whose ``__init__`` raises (unknown model, bad checkpoint) stops the run with `WorkerStartError`.
+
+Retries are at-least-once: a re-queued shard may have written some images before its actor died;
+the worker's writes are single writes to deterministic keys, so the retry overwrites them.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import ray
+from ray.exceptions import RayError, RayTaskError
+
+from cluster.outputs import fail, new_row
+from cluster.worker import RestoreWorker
+
+
+class WorkerStartError(RuntimeError):
+    """A restore worker could not be created (its ``__init__`` raised, or none could be placed)."""
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One actor and the shards it has in flight (object ref -> shard)."""
+
+    actor: object
+    ready_ref: object
+    ready: bool = False
+    info: dict = field(default_factory=dict)
+    inflight: dict = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Run shards on `num_workers` restore actors.
+
+    Args:
+        config: the worker config (docs/INTERFACES.md), sent once to each actor.
+        num_workers: actors to keep alive.
+        gpus_per_worker: GPUs per actor, fractional allowed (0 for CPU-only actors).
+        cpus_per_worker: CPUs reserved per actor (decoding and encoding run there too).
+        memory: bytes of memory reserved per actor (Ray's ``memory`` resource), or None.
+        in_flight: shards queued per actor (2: the next one is decoded while the current one samples).
+        max_attempts: actors a shard may be tried on before it is given up as failed.
+        worker_cls: the actor class (a `RestoreWorker` subclass; tests use stand-ins).
+        start_timeout: seconds to wait with work pending and no live actor before giving up.
+
+    Progress counters, updated before each ``on_result`` call: `shards_done`, `shards_failed`
+    (given up after `max_attempts`), `images_ok`, `images_failed`, `workers_replaced`.
+    """
+
+    def __init__(self, config: dict, *, num_workers: int, gpus_per_worker: float = 1.0,
+                 cpus_per_worker: float = 1, memory: int | None = None, in_flight: int = 2,
+                 max_attempts: int = 3, worker_cls: type = RestoreWorker, start_timeout: float = 600.0):
+        if not isinstance(num_workers, int) or num_workers < 1:
+            raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
+        if gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker must be >= 0, got {gpus_per_worker!r}")
+        if cpus_per_worker < 0:
+            raise ValueError(f"cpus_per_worker must be >= 0, got {cpus_per_worker!r}")
+        if in_flight < 1:
+            raise ValueError(f"in_flight must be >= 1, got {in_flight!r}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
+        self.config = dict(config)
+        self.num_workers = num_workers
+        self.in_flight = in_flight
+        self.max_attempts = max_attempts
+        self.start_timeout = start_timeout
+        options = {"num_gpus": gpus_per_worker, "num_cpus": cpus_per_worker, "max_concurrency": 2,
+                   "max_restarts": 0, "max_task_retries": 0}
+        if memory:
+            options["memory"] = int(memory)
+        self._actor_cls = ray.remote(worker_cls).options(**options)
+        self._options = options
+        self.slots: list[_Slot] = []
+        self.shards_done = self.shards_failed = self.images_ok = self.images_failed = 0
+        self.workers_replaced = 0
+        self._config_ref = None
+
+    # ------------------------------------------------------------------------------------------ run
+    def run(self, shards: Iterable[dict], on_result: Callable[[dict], None]) -> None:
+        """Restore every shard once; ``on_result(summary)`` per shard in completion order."""
+        pending = collections.deque(
+            {"shard_id": s["shard_id"], "keys": list(s["keys"]), "attempt": int(s.get("attempt", 0))}
+            for s in shards)
+        if not pending:
+            return
+        self._config_ref = ray.put(self.config)
+        self.slots = [self._start() for _ in range(min(self.num_workers, len(pending)))]
+        idle_since = time.monotonic()
+        try:
+            while pending or any(s.inflight for s in self.slots):
+                self._assign(pending)
+                waiting = {}
+                for s in self.slots:
+                    waiting.update({ref: s for ref in s.inflight})
+                    if not s.ready:
+                        waiting[s.ready_ref] = s
+                done, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)
+                for ref in done:
+                    slot = waiting[ref]
+                    if slot not in self.slots:
+                        continue  # its actor was replaced while this result was in the same batch
+                    if ref is slot.ready_ref and not slot.ready:
+                        self._on_ready(slot)
+                    else:
+                        self._on_shard(slot, ref, pending, on_result)
+                if any(s.ready for s in self.slots) or any(s.inflight for s in self.slots):
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > self.start_timeout:
+                    raise WorkerStartError(
+                        f"no restore worker could be placed within {self.start_timeout:.0f} s "
+                        f"(each needs {self._options['num_gpus']} GPU, {self._options['num_cpus']} CPU; "
+                        f"the cluster has {ray.cluster_resources()})")
+        finally:
+            for s in self.slots:
+                ray.kill(s.actor, no_restart=True)
+            self.slots = []
+
+    # ------------------------------------------------------------------------------------- internals
+    def _start(self) -> _Slot:
+        actor = self._actor_cls.remote(self._config_ref)
+        return _Slot(actor=actor, ready_ref=actor.ready.remote())
+
+    def _assign(self, pending: collections.deque) -> None:
+        """Fill every live actor up to `in_flight` shards, least loaded first."""
+        for slot in sorted((s for s in self.slots if s.ready), key=lambda s: len(s.inflight)):
+            while pending and len(slot.inflight) < self.in_flight:
+                shard = pending.popleft()
+                slot.inflight[slot.actor.restore_shard.remote(shard)] = shard
+
+    def _on_ready(self, slot: _Slot) -> None:
+        try:
+            slot.info = ray.get(slot.ready_ref)
+            slot.ready = True
+        except RayError as e:
+            if getattr(e, "actor_init_failed", False) or isinstance(e, RayTaskError):
+                raise WorkerStartError(f"could not start a restore worker: {_reason(e)}") from None
+            self._replace(slot, None)  # its node went away while it started: try again
+
+    def _on_shard(self, slot: _Slot, ref, pending: collections.deque, on_result) -> None:
+        shard = slot.inflight.pop(ref)
+        try:
+            summary = ray.get(ref)
+        except RayTaskError as e:  # restore_shard itself raised: retry elsewhere or later
+            self._retry(shard, _reason(e), pending, on_result)
+            return
+        except RayError as e:  # the actor is dead or unreachable
+            self._retry(shard, f"worker lost ({_reason(e)})", pending, on_result)
+            self._replace(slot, pending, on_result, reason=f"worker lost ({_reason(e)})")
+            return
+        self._deliver(summary, on_result)
+
+    def _replace(self, slot: _Slot, pending, on_result=None, reason: str = "") -> None:
+        """Kill `slot`'s actor for good, re-queue its shards, start a new actor in its place."""
+        ray.kill(slot.actor, no_restart=True)
+        for shard in slot.inflight.values():
+            self._retry(shard, reason, pending, on_result)
+        slot.inflight.clear()
+        self.slots[self.slots.index(slot)] = self._start()
+        self.workers_replaced += 1
+
+    def _retry(self, shard: dict, reason: str, pending, on_result) -> None:
+        shard = dict(shard, attempt=shard["attempt"] + 1)
+        if shard["attempt"] < self.max_attempts:
+            pending.appendleft(shard)
+            return
+        self.shards_failed += 1
+        rows = [fail(new_row(k, self.config, shard, "", ""),
+                     f"shard {shard['shard_id']} failed {shard['attempt']} times: {reason}")
+                for k in shard["keys"]]
+        self._deliver({"shard_id": shard["shard_id"], "attempt": shard["attempt"], "worker": "",
+                       "node": "", "seconds": 0.0, "busy_seconds": 0.0, "rows": rows}, on_result)
+
+    def _deliver(self, summary: dict, on_result) -> None:
+        self.shards_done += 1
+        ok = sum(r["status"] == "ok" for r in summary["rows"])
+        self.images_ok += ok
+        self.images_failed += len(summary["rows"]) - ok
+        on_result(summary)
+
+
+def _reason(e: BaseException) -> str:
+    """The first meaningful line of a Ray error (its cause when there is one)."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0][:500]
+    text = str(e).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):  # the exception line is at the end of a traceback
+        if "Error" in ln or "Exception" in ln:
+            return ln.strip()[:500]
+    return (lines[0] if lines else type(e).__name__)[:500]

@@ -1,0 +1,96 @@
+"""Rows and output images of the worker: the Parquet row layout, panels and std maps.
+
+Everything here is CPU work on small tensors, done off the sampling thread.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cluster import io
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchResult:
+    """One restored image, on the CPU."""
+
+    restored: torch.Tensor  # (C, H, W) in [0, 1], mean of the K samples, clamped
+    std: torch.Tensor | None  # (C, H, W) std of the K samples on [0, 1], None when K = 1
+    observation_view: torch.Tensor  # (C', h, w) in [0, 1], y as an image (for panels)
+    metrics: dict  # row fields: psnr, ssim, consistency, consistency_clamped, model_calls
+
+
+ROW_FIELDS = (
+    "key", "status", "error", "task", "mode", "psnr", "ssim", "consistency", "consistency_clamped",
+    "in_height", "in_width", "out_height", "out_width", "steps", "model_calls", "samples", "seed",
+    "seconds", "worker", "node", "shard_id", "attempt", "output",
+)
+
+
+def new_row(key: str, config: dict, shard: dict, worker: str, node: str) -> dict:
+    """A row with every field of the contract; metrics None until the image is restored."""
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(
+        key=key, status="failed", task=config["task"], mode=config["mode"], steps=int(config["steps"]),
+        samples=int(config.get("samples") or 1), seed=int(config["seed"]), worker=worker, node=node,
+        shard_id=int(shard["shard_id"]), attempt=int(shard.get("attempt", 0)), seconds=0.0,
+    )
+    return row
+
+
+def fail(row: dict, error: BaseException | str) -> dict:
+    """Mark `row` failed with ``error = "name: reason"`` (the key when the error names no file)."""
+    if isinstance(error, io.BadInput):
+        msg = str(error)
+    elif isinstance(error, BaseException):
+        msg = f"{row['key']}: {type(error).__name__}: {error}"
+    else:
+        msg = f"{row['key']}: {error}"
+    row.update(status="failed", error=msg, output=None)
+    for k in ("psnr", "ssim", "consistency", "consistency_clamped", "model_calls"):
+        row[k] = None
+    return row
+
+
+def stem(key: str) -> str:
+    """The key without its extension: ``"a/b.jpg" -> "a/b"``."""
+    root, _ = posixpath.splitext(key)
+    return root
+
+
+def output_urls(output_url: str, key: str) -> dict[str, str]:
+    """Where one image's outputs go: images/, panels/ and std/ under the output URL, as PNG."""
+    name = stem(key) + ".png"
+    return {part: io.join(output_url, part, name) for part in ("images", "panels", "std")}
+
+
+def _tile(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(C, h', w') in [0, 1] -> (3, h, w): grey repeated, resized with nearest neighbours."""
+    x = x.detach().float().cpu().clamp(0, 1)
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    elif x.shape[0] != 3:
+        x = x.mean(0, keepdim=True).expand(3, -1, -1)
+    if tuple(x.shape[1:]) != (h, w):
+        x = F.interpolate(x[None], size=(h, w), mode="nearest")[0]
+    return x
+
+
+def panel(tiles: list[torch.Tensor], height: int, width: int, gap: int = 2) -> torch.Tensor:
+    """Side-by-side panel (3, H, n*W + gaps) of images in [0, 1], separated by white gaps."""
+    parts = []
+    for i, t in enumerate(tiles):
+        if i:
+            parts.append(torch.ones(3, height, gap))
+        parts.append(_tile(t, height, width))
+    return torch.cat(parts, dim=2)
+
+
+def std_map(std: torch.Tensor) -> torch.Tensor:
+    """Per-pixel std of the K samples (C, H, W) on [0, 1] -> a grey map (1, H, W) scaled to its max."""
+    m = std.detach().float().cpu().mean(0, keepdim=True)
+    return m / m.max().clamp_min(1e-8)
