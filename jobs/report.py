@@ -1,0 +1,150 @@
+"""`status`, `report`, `tasks` and `models`: reading a job's output back, listing the registries."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from cluster import io as cio
+from jobs import plan as plan_mod
+from jobs import results, storage
+from jobs.spec import JobError
+
+EXIT_OK, EXIT_FAILED_IMAGES = 0, 3
+
+
+def job_status(output: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Counts of a job's output: shards done/failed/pending, images ok/failed/pending."""
+    plan = storage.read_json(cio.join(output, plan_mod.PLAN_FILE), options)
+    if plan is None:
+        raise JobError(f"{output}: no job here (no {plan_mod.PLAN_FILE})")
+    shards = {s["shard_id"]: len(s["keys"]) for s in plan["shards"]}
+    committed = plan_mod.committed_ids(output, options) & set(shards)
+    table = results.read_committed(output, options, committed)
+    failed_shards = set(r for r, s in zip(table.column("shard_id").to_pylist(),
+                                          table.column("status").to_pylist(), strict=True) if s != "ok")
+    c = results.counts(table)
+    manifest = storage.read_json(cio.join(output, plan_mod.MANIFEST_FILE), options)
+    return {
+        "output": output,
+        "shards": {"total": len(shards), "done": len(committed - failed_shards),
+                   "failed": len(failed_shards), "pending": len(set(shards) - committed)},
+        "images": {"total": sum(shards.values()), "ok": c["ok"], "failed": c["failed"],
+                   "pending": sum(n for i, n in shards.items() if i not in committed)},
+        "complete": manifest is not None and not (set(shards) - committed),
+        "spec_hash": plan.get("spec_hash"),
+    }
+
+
+def status(output: str, options: dict[str, Any], *, as_json: bool = False) -> int:
+    st = job_status(output, options)
+    if as_json:
+        print(json.dumps(st, indent=2))
+    else:
+        s, i = st["shards"], st["images"]
+        print(f"{output}: {'complete' if st['complete'] else 'incomplete'}")
+        print(f"  shards: {s['done']} done, {s['failed']} with failed images, {s['pending']} pending "
+              f"(of {s['total']})")
+        print(f"  images: {i['ok']} ok, {i['failed']} failed, {i['pending']} pending (of {i['total']})")
+    return EXIT_FAILED_IMAGES if st["images"]["failed"] else EXIT_OK
+
+
+def _table(output: str, options: dict[str, Any]):
+    url = cio.join(output, plan_mod.METRICS_FILE)
+    manifest = storage.read_json(cio.join(output, plan_mod.MANIFEST_FILE), options)
+    if manifest is not None:
+        return results.read_table(url, options), manifest
+    return results.read_committed(output, options), None
+
+
+def summarize(output: str, options: dict[str, Any]) -> list[dict[str, Any]]:
+    """One dict per task: count, ok, failed, mean psnr/ssim/consistency (ok rows), images/s."""
+    table, manifest = _table(output, options)
+    df = table.to_pandas()
+    rows = []
+    for task, g in df.groupby("task", dropna=False, sort=True):
+        ok = g[g["status"] == "ok"]
+        shard_secs = g.drop_duplicates(["shard_id", "attempt"])["shard_seconds"].sum()
+        rows.append({
+            "output": output, "task": task, "count": len(g), "ok": len(ok), "failed": len(g) - len(ok),
+            "psnr": ok["psnr"].mean(), "ssim": ok["ssim"].mean(), "consistency": ok["consistency"].mean(),
+            "img_per_s_worker": len(g) / shard_secs if shard_secs else None,
+            "img_per_s": (manifest or {}).get("run", {}).get("images_per_second"),
+        })
+    return rows
+
+
+def _fmt(v: Any, nd: int = 3) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def print_rows(rows: list[dict[str, Any]], stream=None) -> None:
+    stream = stream or sys.stdout
+    head = f"{'task':<14} {'count':>6} {'ok':>5} {'failed':>6} {'PSNR':>7} {'SSIM':>6} {'consist.':>9} " \
+           f"{'img/s':>7} {'img/s/wkr':>9}  output"
+    print(head, file=stream)
+    print("-" * len(head), file=stream)
+    for r in rows:
+        print(f"{str(r['task']):<14} {r['count']:>6} {r['ok']:>5} {r['failed']:>6} {_fmt(r['psnr'], 2):>7} "
+              f"{_fmt(r['ssim']):>6} {_fmt(r['consistency'], 4):>9} {_fmt(r['img_per_s'], 2):>7} "
+              f"{_fmt(r['img_per_s_worker'], 2):>9}  {r['output']}", file=stream)
+
+
+def report(output: str, options: dict[str, Any]) -> int:
+    rows = summarize(output, options)
+    print_rows(rows)
+    return EXIT_FAILED_IMAGES if any(r["failed"] for r in rows) else EXIT_OK
+
+
+def report_many(outputs: list[str], options: dict[str, Any]) -> None:
+    rows = []
+    for out in outputs:
+        try:
+            rows += summarize(out, options)
+        except (JobError, FileNotFoundError):
+            continue
+    print_rows(rows)
+
+
+def list_registry(kind: str, *, as_json: bool = False) -> int:
+    """`tasks` / `models`: the ddnm registries, as a table or JSON."""
+    if kind == "tasks":
+        from ddnm.operators import TASKS
+        data = {name: {"description": getattr(info, "description", ""),
+                       "settings": {k: _setting(v) for k, v in info.settings.items()}}
+                for name, info in sorted(TASKS.items())}
+        if as_json:
+            print(json.dumps(data, indent=2))
+        else:
+            for name, d in data.items():
+                sets = ", ".join(f"{k}={s['default']!r}" for k, s in d["settings"].items())
+                print(f"{name:<16} {d['description']}" + (f"  [--set {sets}]" if sets else ""))
+        return EXIT_OK
+    from ddnm.models import REGISTRY
+    data = {name: {"params": getattr(info, "params", None), "image_size": getattr(info, "image_size", None),
+                   "description": getattr(info, "description", "")}
+            for name, info in sorted(REGISTRY.items())}
+    if as_json:
+        print(json.dumps(data, indent=2))
+    else:
+        for name, d in data.items():
+            size, params = str(d["image_size"]), str(d["params"])
+            print(f"{name:<20} {size:>5} px {params:>12} params  {d['description']}")
+    return EXIT_OK
+
+
+def _setting(value: tuple) -> dict[str, Any]:
+    default, kind, *rest = value
+    return {"default": _jsonable(default), "type": getattr(kind, "__name__", str(kind)),
+            "help": rest[0] if rest else ""}
+
+
+def _jsonable(v: Any) -> Any:
+    try:
+        json.dumps(v)
+        return v
+    except TypeError:
+        return repr(v)

@@ -1,0 +1,327 @@
+"""The job spec: one frozen, validated description of a batch job, from a YAML file and/or CLI flags.
+
+Flags override the file; every validation error names the field and the bad value. The spec hash
+covers only the fields that change results (not workers, address, overwrite, incremental, ...), so a
+resumed job with more workers is the same job, and a job with another step count is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class JobError(Exception):
+    """The job could not run (bad spec, unreachable storage, refused output): exit code 1."""
+
+
+class SpecError(JobError, ValueError):
+    """A spec field is invalid; the message names the field and the value."""
+
+
+# Fields whose change changes the restored images or metrics: they make the spec hash, and a
+# different value on an existing output is refused unless --overwrite.
+RESULT_FIELDS = (
+    "input", "task", "settings", "mask_url", "mode", "model", "checkpoint", "dtype", "steps",
+    "eta", "sigma_y", "travel", "samples", "seed", "panels",
+)
+_SECRET_WORDS = ("secret", "token", "password", "credential", "key")
+_BOOL_WORDS = {"true": True, "yes": True, "1": True, "on": True,
+               "false": False, "no": False, "0": False, "off": False}
+
+
+def _tasks() -> dict:
+    from ddnm.operators import TASKS
+    return TASKS
+
+
+def _load_dotted(path: str) -> Any:
+    """'pkg.mod:Name' -> the object; SpecError naming the path when it cannot be imported."""
+    module_name, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError(f"task={path!r}: cannot import the custom operator ({exc})") from None
+
+
+def task_settings(task: str) -> dict[str, tuple] | None:
+    """The task's settings {name: (default, type, help)}; None for a custom operator without them."""
+    if ":" in task:
+        return getattr(_load_dotted(task), "settings", None)
+    return _tasks()[task].settings
+
+
+def convert_value(value: Any, kind: Any, *, field: str) -> Any:
+    """A --set value (often a string) -> the setting's declared type; SpecError naming the field."""
+    if kind in (None, Any, object) or value is None:
+        return value
+    if isinstance(kind, str):
+        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(kind, str)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            return _BOOL_WORDS[str(value).strip().lower()]
+        if kind is int and isinstance(value, str):
+            as_float = float(value)
+            if not as_float.is_integer():
+                raise ValueError(value)
+            return int(as_float)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        if kind in (tuple, list) and isinstance(value, str):
+            return kind(yaml.safe_load(f"[{value}]"))
+        return kind(value)
+    except (KeyError, ValueError, TypeError):
+        name = getattr(kind, "__name__", str(kind))
+        raise SpecError(f"{field}={value!r}: expected a value of type {name}") from None
+
+
+def parse_assignments(items: list[str] | None, *, field: str) -> dict[str, Any]:
+    """['scale=4', 'a.b=x'] -> {'scale': '4', 'a': {'b': 'x'}}; values stay strings for the caller."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"{field}={item!r}: expected key=value")
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _yaml_scalar(value: Any) -> Any:
+    """'true' -> True, '3' -> 3, 'x' -> 'x' (storage options are typed by the storage library)."""
+    if isinstance(value, dict):
+        return {k: _yaml_scalar(v) for k, v in value.items()}
+    if isinstance(value, str):
+        try:
+            return yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def parse_travel(value: Any) -> tuple[int, int, int]:
+    """'L,S,R' or [L, S, R] -> (L, S, R): travel length, interval and repeats (DDNM Alg. 2)."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",") if p]
+    else:
+        parts = list(value)
+    try:
+        out = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise SpecError(f"travel={value!r}: expected three integers L,S,R") from None
+    if len(out) != 3 or min(out) < 1:
+        raise SpecError(f"travel={value!r}: expected three integers L,S,R, each >= 1")
+    return out  # type: ignore[return-value]
+
+
+def _is_s3(url: str | None) -> bool:
+    return bool(url) and url.startswith(("s3://", "s3a://"))
+
+
+class JobSpec(BaseModel):
+    """A batch restoration job. Construct with `JobSpec.build(...)` to get SpecError messages."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    input: str = Field(description="folder/prefix URL (local, s3://, gs://) or a manifest txt/csv/parquet")
+    output: str = Field(description="output folder/prefix URL")
+    task: str = Field(description="an operator from `ddnm-batch tasks`, or 'pkg.module:OperatorClass'")
+    settings: dict[str, Any] = Field(default_factory=dict, description="the task's settings (--set k=v)")
+    mask_url: str | None = Field(None, description="a prefix holding one mask per image under its key")
+    mode: Literal["evaluate", "restore"] = Field("evaluate", description="inputs: truth or observed")
+    model: str = Field("small-prior", description="a model from `ddnm-batch models`")
+    checkpoint: str | None = Field(None, description="a checkpoint path/URL, 'random', or None (bundled)")
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    steps: int = Field(100, ge=1, le=1000, description="sampling steps")
+    eta: float = Field(0.85, ge=0.0, le=1.0, description="DDIM eta")
+    sigma_y: float = Field(0.0, ge=0.0, description="observation noise std on the [0, 1] image scale")
+    travel: tuple[int, int, int] = Field((1, 1, 1), description="time-travel L, s, r (1,1,1 = none)")
+    samples: int = Field(1, ge=1, description="samples per image (mean and std are written)")
+    shard_size: int = Field(32, ge=1, description="images per shard (the unit of retry and commit)")
+    workers: int | None = Field(None, ge=1, description="Ray actors; None = one per GPU (1 on CPU)")
+    gpus_per_worker: float | None = Field(None, ge=0.0, description="None = 1 with GPUs, 0 without")
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    batch_size: int | None = Field(None, ge=1, description="images per model call; None = automatic")
+    seed: int = Field(0, ge=0)
+    threads: int | None = Field(None, ge=1, description="torch threads per worker; None = worker default")
+    panels: bool = Field(False, description="also write side-by-side panels under panels/")
+    incremental: bool = Field(False, description="process only input keys not in any committed shard")
+    overwrite: bool = Field(False, description="discard a previous job's outputs at the output URL")
+    address: str | None = Field(None, description="Ray address to join; None = a local cluster")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")
+
+    @field_validator("travel", mode="before")
+    @classmethod
+    def _travel(cls, value: Any) -> tuple[int, int, int]:
+        return parse_travel(value)
+
+    @field_validator("input", "output")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str) -> str:
+        if ":" in value:
+            _load_dotted(value)
+            return value
+        tasks = _tasks()
+        if value not in tasks:
+            raise ValueError(f"unknown task; known tasks: {', '.join(sorted(tasks))}")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        from ddnm.models import REGISTRY
+        if value not in REGISTRY:
+            raise ValueError(f"unknown model; known models: {', '.join(sorted(REGISTRY))}")
+        return value
+
+    @model_validator(mode="after")
+    def _settings(self) -> JobSpec:
+        known = task_settings(self.task)
+        if known is None:  # a custom operator that declares no settings: take them as given
+            return self
+        typed = {}
+        for key, value in self.settings.items():
+            if key not in known:
+                raise SpecError(f"--set {key}={value!r}: task {self.task!r} has no setting {key!r}; "
+                                f"its settings: {', '.join(sorted(known)) or '(none)'}")
+            typed[key] = convert_value(value, known[key][1], field=f"--set {key}")
+        object.__setattr__(self, "settings", typed)
+        return self
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, file: str | os.PathLike | None = None, **flags: Any) -> JobSpec:
+        """A spec from a YAML job file and/or flags; flags that are None are 'not given'.
+
+        `settings` and `storage_options` flags merge key by key over the file's; `set` (a list of
+        'k=v') and `storage_option` (a list) are accepted as the CLI gives them.
+        """
+        data: dict[str, Any] = load_yaml(file) if file else {}
+        sets = flags.pop("set", None)
+        opts = flags.pop("storage_option", None)
+        for key, value in flags.items():
+            if value is None:
+                continue
+            key = key.replace("-", "_")
+            if key in ("settings", "storage_options") and isinstance(value, dict):
+                data[key] = {**data.get(key, {}), **value}
+            else:
+                data[key] = value
+        if sets:
+            data["settings"] = {**data.get("settings", {}), **parse_assignments(sets, field="--set")}
+        if opts:
+            parsed = _yaml_scalar(parse_assignments(opts, field="--storage-option"))
+            data["storage_options"] = {**data.get("storage_options", {}), **parsed}
+        data = _with_endpoint(data)
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            raise SpecError(_describe(exc)) from None
+
+    # ---- derived views -------------------------------------------------------------------------
+
+    def result_fields(self) -> dict[str, Any]:
+        """The fields that change results, JSON-able (what the hash and the refusal compare)."""
+        dumped = self.model_dump(mode="json")
+        return {name: dumped[name] for name in RESULT_FIELDS}
+
+    def spec_hash(self) -> str:
+        text = json.dumps(self.result_fields(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def public_dict(self) -> dict[str, Any]:
+        """Every field, JSON-able, with secret-looking storage options redacted (for _spec.json)."""
+        dumped = self.model_dump(mode="json")
+        dumped["storage_options"] = _redact(dumped["storage_options"])
+        return dumped
+
+    def to_worker_config(self, *, input_url: str | None = None) -> dict[str, Any]:
+        """The worker config dict of docs/INTERFACES.md. `input_url` = the resolved input root
+        (the folder the keys are relative to; differs from `input` for a manifest)."""
+        settings = dict(self.settings)
+        return {
+            "input_url": input_url or self.input, "output_url": self.output,
+            "storage_options": dict(self.storage_options), "mode": self.mode,
+            "task": self.task, "task_settings": settings, "mask_url": self.mask_url,
+            "model": self.model, "checkpoint": self.checkpoint, "dtype": self.dtype,
+            "steps": self.steps, "eta": self.eta, "sigma_y": self.sigma_y,
+            "travel": list(self.travel), "samples": self.samples, "batch_size": self.batch_size,
+            "seed": self.seed, "panels": self.panels, "threads": self.threads,
+        }
+
+
+def load_yaml(file: str | os.PathLike) -> dict[str, Any]:
+    """A job file -> a dict with '-' in keys turned into '_' and 'set:' accepted for 'settings:'."""
+    path = Path(file)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise SpecError(f"job file {str(path)!r}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"job file {str(path)!r}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"job file {str(path)!r}: expected a mapping of fields, got {type(raw).__name__}")
+    data = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    if "set" in data:
+        data["settings"] = {**(data.pop("set") or {}), **data.get("settings", {})}
+    return data
+
+
+def _with_endpoint(data: dict[str, Any]) -> dict[str, Any]:
+    """Honour AWS_ENDPOINT_URL for s3:// URLs as any s3fs program, passing it explicitly so that
+    workers on other machines (without the variable) and pyarrow-free writers reach the same S3."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    urls = [data.get("input"), data.get("output"), data.get("mask_url"), data.get("checkpoint")]
+    mask = (data.get("settings") or {}).get("mask")
+    urls.append(mask if isinstance(mask, str) else None)
+    if not endpoint or not any(_is_s3(u) for u in urls):
+        return data
+    opts = dict(data.get("storage_options") or {})
+    if "endpoint_url" not in opts and "endpoint_url" not in (opts.get("client_kwargs") or {}):
+        opts["endpoint_url"] = endpoint
+    return {**data, "storage_options": opts}
+
+
+def _redact(options: Any) -> Any:
+    if isinstance(options, dict):
+        return {k: ("***" if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, dict)
+                    else _redact(v)) for k, v in options.items()}
+    return options
+
+
+def _describe(exc: ValidationError) -> str:
+    """A pydantic error -> 'field=value: reason; ...' (one line, names the field and the value)."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "spec"
+        msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"] or msg.startswith((f"{field}=", "--set ")):
+            parts.append(msg)
+        elif err["type"] == "missing":
+            flag = "--" + field.replace("_", "-")
+            parts.append(f"{field}: required (give {flag} or '{field}:' in the job file)")
+        elif err["type"] == "extra_forbidden":
+            parts.append(f"{field}: unknown field (value {err.get('input')!r})")
+        else:
+            parts.append(f"{field}={err.get('input')!r}: {msg}")
+    return "; ".join(parts)

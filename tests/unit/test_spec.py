@@ -1,0 +1,140 @@
+"""JobSpec: YAML + flags, validation messages naming the field and value, the hash, the worker config."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from jobs.spec import JobSpec, SpecError, parse_assignments, parse_travel
+
+BASE = {"input": "data/in", "output": "data/out", "task": "sr_avgpool", "model": "tiny",
+        "checkpoint": "random"}
+
+
+def build(**kw):
+    return JobSpec.build(**{**BASE, **kw})
+
+
+def test_defaults_and_worker_config_contract():
+    spec = build(set=["scale=4"])
+    cfg = spec.to_worker_config()
+    assert set(cfg) == {"input_url", "output_url", "storage_options", "mode", "task", "task_settings",
+                        "mask_url", "model", "checkpoint", "dtype", "steps", "eta", "sigma_y", "travel",
+                        "samples", "batch_size", "seed", "panels", "threads"}
+    assert cfg["task_settings"] == {"scale": 4} and isinstance(cfg["task_settings"]["scale"], int)
+    assert cfg["travel"] == [1, 1, 1] and cfg["mode"] == "evaluate"
+    assert spec.to_worker_config(input_url="s3://b/root")["input_url"] == "s3://b/root"
+
+
+def test_yaml_file_and_flags_override(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("input: s3://bkt/in\noutput: s3://bkt/out\ntask: sr_avgpool\nset:\n  scale: 2\n"
+                   "steps: 50\nshard-size: 8\nmodel: tiny\ncheckpoint: random\n"
+                   "storage_options:\n  anon: false\n")
+    spec = JobSpec.build(job, steps=10, set=["scale=4"], storage_option=["client_kwargs.region_name=eu"])
+    assert spec.steps == 10 and spec.shard_size == 8 and spec.settings == {"scale": 4}
+    assert spec.input == "s3://bkt/in"
+    assert spec.storage_options["anon"] is False
+    assert spec.storage_options["client_kwargs"] == {"region_name": "eu"}
+    assert JobSpec.build(job).steps == 50
+
+
+def test_frozen():
+    spec = build()
+    with pytest.raises(ValidationError, match="frozen"):
+        spec.steps = 3  # type: ignore[misc]
+
+
+def test_unknown_task_lists_known():
+    with pytest.raises(SpecError, match=r"task='sr_magic'.*known tasks:.*sr_avgpool"):
+        build(task="sr_magic")
+
+
+def test_unknown_set_key_named():
+    with pytest.raises(SpecError, match=r"--set zoom='4'.*no setting 'zoom'.*scale"):
+        build(set=["zoom=4"])
+
+
+def test_set_value_typed_and_bad_type_named():
+    settings = build(task="inpaint", set=["keep=0.25", "box=1,2,3,4"]).settings
+    assert settings == {"keep": 0.25, "box": (1, 2, 3, 4)}
+    with pytest.raises(SpecError, match=r"--set scale='four'.*int"):
+        build(set=["scale=four"])
+    with pytest.raises(SpecError, match=r"--set scale='2.5'"):
+        build(set=["scale=2.5"])
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("steps", -3, r"steps=-3"),
+    ("eta", 2.0, r"eta=2\.0"),
+    ("mode", "restorate", r"mode='restorate'"),
+    ("samples", 0, r"samples=0"),
+    ("shard_size", 0, r"shard_size=0"),
+    ("model", "gpt-9", r"model='gpt-9'.*known models"),
+])
+def test_bad_fields_named(field, value, match):
+    with pytest.raises(SpecError, match=match):
+        build(**{field: value})
+
+
+def test_missing_required_and_unknown_field(tmp_path):
+    with pytest.raises(SpecError, match=r"output: required"):
+        JobSpec.build(input="a", task="denoise", model="tiny")
+    job = tmp_path / "j.yaml"
+    job.write_text("input: a\noutput: b\ntask: denoise\nstepz: 5\n")
+    with pytest.raises(SpecError, match=r"stepz: unknown field"):
+        JobSpec.build(job)
+
+
+def test_bad_yaml_file_named(tmp_path):
+    with pytest.raises(SpecError, match=r"nope\.yaml"):
+        JobSpec.build(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(SpecError, match=r"expected a mapping"):
+        JobSpec.build(bad)
+
+
+def test_travel():
+    assert parse_travel("5,5,2") == (5, 5, 2)
+    assert build(travel="3, 3, 2").travel == (3, 3, 2)
+    assert build(travel=[2, 2, 2]).travel == (2, 2, 2)
+    with pytest.raises(SpecError, match=r"travel='5,5'"):
+        build(travel="5,5")
+    with pytest.raises(SpecError, match=r"travel='a,b,c'"):
+        build(travel="a,b,c")
+
+
+def test_assignments():
+    assert parse_assignments(["a=1", "b.c=x=y"], field="--set") == {"a": "1", "b": {"c": "x=y"}}
+    with pytest.raises(SpecError, match=r"--set='oops'"):
+        parse_assignments(["oops"], field="--set")
+
+
+def test_hash_covers_result_fields_only():
+    a = build(set=["scale=4"])
+    assert a.spec_hash() == build(set=["scale=4"], workers=8, address="ray://x:1", overwrite=True,
+                                  incremental=True, shard_size=3, batch_size=2).spec_hash()
+    for change in ({"steps": 7}, {"set": ["scale=2"]}, {"seed": 1}, {"eta": 0.5}, {"mode": "restore"},
+                   {"travel": "2,2,2"}, {"input": "other"}, {"checkpoint": None, "model": "small-prior"}):
+        assert build(**{"set": ["scale=4"], **change}).spec_hash() != a.spec_hash(), change
+
+
+def test_endpoint_from_environment(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    assert build(input="s3://bkt/in").storage_options == {"endpoint_url": "http://127.0.0.1:9000"}
+    assert build().storage_options == {}  # local URLs get no endpoint
+    given = build(input="s3://bkt/in", storage_option=["endpoint_url=http://minio:9000"])
+    assert given.storage_options == {"endpoint_url": "http://minio:9000"}
+
+
+def test_public_dict_redacts_secrets():
+    spec = build(storage_option=["key=AKIA", "secret=shh", "endpoint_url=http://x"])
+    public = spec.public_dict()["storage_options"]
+    assert public == {"key": "***", "secret": "***", "endpoint_url": "http://x"}
+    assert spec.storage_options["secret"] == "shh"
+
+
+def test_custom_operator_dotted_path():
+    with pytest.raises(SpecError, match=r"task='nosuchpkg\.mod:Op'.*cannot import"):
+        build(task="nosuchpkg.mod:Op")
