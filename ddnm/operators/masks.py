@@ -131,14 +131,15 @@ def resolve_mask(
     box: Sequence[int] | None = None,
     fraction: float = 0.5,
     grids: Sequence[tuple[int, int]] = (),
+    default: str = "random",
 ) -> Tensor:
     """Turn the ``mask`` / ``masks`` settings into a float64 0/1 tensor ``(B', C', H, W)``.
 
-    ``mask``: ``None`` or ``"random"`` (``keep``, ``seed``), ``"none"`` (keep all), ``"box"`` (``box``),
-    ``"center"`` (``fraction``), a file path or bytes, or an array / tensor. ``masks``: per-image masks
-    ``(B, 1, H, W)`` or ``(B, C, H, W)`` from the caller (give ``mask`` or ``masks``, not both).
-    ``grids``: extra accepted mask sizes ``(h, w)`` (old photos accept a mask at the photo's size); the
-    caller expands those.
+    ``mask``: ``None`` (= ``default``), ``"random"`` (``keep``, ``seed``), ``"none"`` (keep all),
+    ``"box"`` (``box``), ``"center"`` (``fraction``), a file path or bytes, or an array / tensor.
+    ``masks``: per-image masks ``(B, 1, H, W)`` or ``(B, C, H, W)`` from the caller (give ``mask`` or
+    ``masks``, not both). ``grids``: extra accepted mask sizes ``(h, w)`` (old photos accept a mask at the
+    photo's size); the caller expands those.
     """
     C, H, W = (int(v) for v in x_shape)
     if masks is not None and mask is not None:
@@ -148,7 +149,9 @@ def resolve_mask(
     else:
         source = "mask"
     sizes = [(H, W), *grids]
-    if mask is None or (isinstance(mask, str) and mask == "random"):
+    if mask is None and masks is None:
+        mask = default
+    if isinstance(mask, str) and mask == "random":
         return random_mask(H, W, keep, seed)
     if isinstance(mask, str) and mask == "none":
         return torch.ones(1, 1, H, W, dtype=torch.float64)

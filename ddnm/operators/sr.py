@@ -97,3 +97,74 @@ def _check_lr(op: SVDOperator, image: Tensor) -> Tensor:
         raise ValueError(f"{op.name}: observed image must be (B, {', '.join(map(str, want))}), "
                          f"got {tuple(image.shape)}")
     return image
+
+
+def keys_cubic(x: Tensor, a: float = -0.5) -> Tensor:
+    """Keys' cubic convolution kernel (``a = -0.5``: Pillow's and antialiased torch bicubic)."""
+    x = x.abs()
+    near = (a + 2) * x**3 - (a + 3) * x**2 + 1
+    far = a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
+    return torch.where(x <= 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def bicubic_matrix(n: int, scale: int, padding: str = "reflect", reference: bool = False) -> Tensor:
+    """``(n // scale, n)`` float64 matrix of antialiased bicubic downsampling by ``scale``.
+
+    Output sample ``m`` sits at the centre of its ``scale`` input pixels, ``(m + 1/2) s`` in pixel-edge
+    coordinates; input pixel ``j`` gets weight ``k((j + 1/2 - (m + 1/2) s) / s)`` over ``4 s`` taps,
+    normalised to sum 1. ``reference=True`` reproduces the public code's ``SRConv`` placement
+    (``k((t - 2s + 1/2) / s)`` around ``i = s//2 + m s``), which is the same for even scales and half a
+    pixel off for odd ones.
+    """
+    from .separable import scatter_matrix
+
+    s = int(scale)
+    m = torch.arange(n // s, dtype=torch.float64)[:, None]
+    t = torch.arange(4 * s, dtype=torch.float64)[None, :]
+    if reference:
+        j = (s // 2 + m * s) - 2 * s + t
+        x = ((t - 2 * s + 0.5) / s).expand_as(j)
+    else:
+        j = m * s + s // 2 - 2 * s + t
+        x = (j + 0.5 - (m + 0.5) * s) / s
+    w = keys_cubic(x)
+    w = w / w.sum(dim=1, keepdim=True)
+    return scatter_matrix(n // s, n, j.to(torch.long), w, padding)
+
+
+def bicubic_sr(
+    x_shape: Sequence[int],
+    scale: int = 4,
+    padding: str = "reflect",
+    cutoff: float | None = None,
+    quirks: str | None = None,
+) -> SVDOperator:
+    """Bicubic downsampling by ``scale`` (must divide H and W): ``(B, C, H, W)`` -> ``(B, C, H/s, W/s)``.
+
+    ``cutoff``: relative cut-off on the singular values (default 1e-4, see separable.py).
+    ``quirks="reference"``: the public DDNM code's ``SRConv``: its tap placement (differs for odd
+    scales only) and its absolute 3e-2 cut-off on the 1-D singular values (unless ``cutoff`` is given).
+    """
+    from .separable import SeparableSVD
+
+    _, H, W = x_shape
+    ref = _quirks(quirks)
+    op = SeparableSVD(
+        x_shape,
+        bicubic_matrix(H, scale, padding, reference=ref),
+        bicubic_matrix(W, scale, padding, reference=ref),
+        cutoff=1e-4 if cutoff is None else cutoff,
+        reference_cutoff=REFERENCE_CUTOFF if ref and cutoff is None else None,
+        name="sr_bicubic",
+    )
+    op.scale = int(scale)
+    return op
+
+
+REFERENCE_CUTOFF = 3e-2
+
+
+def _quirks(quirks: str | None) -> bool:
+    if quirks not in (None, "reference"):
+        raise ValueError(f"quirks must be None or 'reference', got {quirks!r}")
+    return quirks == "reference"

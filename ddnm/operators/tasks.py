@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import blur
 from .color import Colorize, grey_weights
+from .cs import BlockCS, WalshCS, kept_count
 from .denoise import Identity
 from .inpaint import Inpaint
 from .masks import resolve_mask
+from .old_photo import OldPhoto
 from .registry import Settings, TaskInfo, register
-from .sr import AvgPoolSR
+from .separable import PADDINGS
+from .sr import AvgPoolSR, _quirks, bicubic_sr
 
 Shape = tuple[int, int, int]
 
@@ -69,12 +73,12 @@ def _mask_kwargs(s: dict[str, Any]) -> dict[str, Any]:
     return {k: s[k] for k in MASK_SETTINGS}
 
 
-def _check_mask(x_shape: Shape, s: dict[str, Any], grids: tuple = ()) -> None:
+def _check_mask(x_shape: Shape, s: dict[str, Any], grids: tuple = (), default: str = "random") -> None:
     _fraction("keep", s["keep"], low_open=False)
     _fraction("fraction", s["fraction"])
     if not isinstance(s["seed"], int):
         raise ValueError(f"seed must be an integer, got {s['seed']!r}")
-    resolve_mask(x_shape, grids=grids, **_mask_kwargs(s))
+    resolve_mask(x_shape, grids=grids, default=default, **_mask_kwargs(s))
 
 
 # -- the tasks ------------------------------------------------------------------------------------------
@@ -121,4 +125,165 @@ register(TaskInfo(
     has_svd=True,
     check=lambda x_shape, s: None,
     obs_to_x=_same,
+))
+
+
+# -- linear filters (bicubic SR, blur) -----------------------------------------------------------------
+FILTER_SETTINGS: Settings = {
+    "padding": ("reflect", str, "border handling: 'reflect' (half-sample symmetric) or 'zero'"),
+    "cutoff": (None, float, "singular values below cutoff * largest are treated as 0 (default 1e-4)"),
+    "quirks": (None, str, "'reference': the public DDNM code's matrices (see the module docs); off by "
+                          "default"),
+}
+
+
+def _check_filter(s: dict[str, Any]) -> None:
+    if s["padding"] not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {s['padding']!r}")
+    c = s["cutoff"]
+    if c is not None and (isinstance(c, bool) or not isinstance(c, int | float) or not 0 <= c < 1):
+        raise ValueError(f"cutoff must be None or a number in [0, 1), got {c!r}")
+    _quirks(s["quirks"])
+
+
+def _check_size_sigma(s: dict[str, Any], *sigmas: str) -> None:
+    _positive_int("size", s["size"])
+    for name in sigmas:
+        v = s[name]
+        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+            raise ValueError(f"{name} must be a positive number, got {v!r}")
+
+
+def _check_bicubic(x_shape: Shape, s: dict[str, Any]) -> None:
+    _scale_divides(x_shape, s["scale"])
+    _check_filter(s)
+
+
+register(TaskInfo(
+    name="sr_bicubic",
+    description="super-resolution from antialiased bicubic downsampling (a = -0.5, 4s taps, stride s)",
+    settings={"scale": (4, int, "integer down-scaling factor; must divide H and W"), **FILTER_SETTINGS},
+    builder=bicubic_sr,
+    restore_from_image=True,
+    has_svd=True,
+    check=_check_bicubic,
+    obs_to_x=_lr_to_hr,
+))
+
+
+def _register_blur(name: str, description: str, extra: Settings, sigmas: tuple[str, ...], builder) -> None:
+    def check(x_shape: Shape, s: dict[str, Any]) -> None:
+        _check_size_sigma(s, *sigmas)
+        _check_filter(s)
+
+    register(TaskInfo(
+        name=name,
+        description=description,
+        settings={**extra, **FILTER_SETTINGS},
+        builder=builder,
+        restore_from_image=True,
+        has_svd=True,
+        check=check,
+        obs_to_x=_same,
+    ))
+
+
+_register_blur(
+    "deblur_uniform", "deblurring a separable uniform (box) blur",
+    {"size": (9, int, "kernel taps along each axis")}, (), blur.deblur_uniform,
+)
+_register_blur(
+    "deblur_gauss", "deblurring a separable Gaussian blur",
+    {"size": (5, int, "kernel taps along each axis"), "sigma": (10.0, float, "Gaussian sigma in pixels")},
+    ("sigma",), blur.deblur_gauss,
+)
+_register_blur(
+    "deblur_aniso", "deblurring an anisotropic separable Gaussian blur",
+    {
+        "size": (9, int, "kernel taps along each axis"),
+        "sigma_h": (1.0, float, "Gaussian sigma along the height (vertical) axis"),
+        "sigma_w": (20.0, float, "Gaussian sigma along the width (horizontal) axis"),
+    },
+    ("sigma_h", "sigma_w"), blur.deblur_aniso,
+)
+
+
+# -- compressed sensing --------------------------------------------------------------------------------
+def _check_walsh(x_shape: Shape, s: dict[str, Any]) -> None:
+    _, H, W = x_shape
+    if H & (H - 1) or W & (W - 1):
+        raise ValueError(f"cs_walsh needs H and W powers of two (H*W a power of two), got H={H}, W={W}")
+    _fraction("ratio", s["ratio"])
+    kept_count(s["ratio"], H * W, f"a {H}x{W} channel")
+    if not isinstance(s["seed"], int):
+        raise ValueError(f"seed must be an integer, got {s['seed']!r}")
+
+
+def _check_block(x_shape: Shape, s: dict[str, Any]) -> None:
+    _, H, W = x_shape
+    b = _positive_int("block", s["block"])
+    if H % b or W % b:
+        raise ValueError(f"block={b} must divide the image height H={H} and width W={W}")
+    _fraction("ratio", s["ratio"])
+    kept_count(s["ratio"], b * b, f"a {b}x{b} block")
+    if not isinstance(s["seed"], int):
+        raise ValueError(f"seed must be an integer, got {s['seed']!r}")
+
+
+CS_SETTINGS: Settings = {
+    "ratio": (0.25, float, "fraction of coefficients kept (paper: 0.25)"),
+    "seed": (0, int, "seed of the random permutation / orthogonal matrix"),
+}
+
+register(TaskInfo(
+    name="cs_walsh",
+    description="compressed sensing: seeded random subset of Walsh-Hadamard coefficients per channel",
+    settings=dict(CS_SETTINGS),
+    builder=lambda x_shape, ratio, seed: WalshCS(x_shape, ratio, seed),
+    restore_from_image=False,
+    has_svd=True,
+    check=_check_walsh,
+))
+
+register(TaskInfo(
+    name="cs_block",
+    description="compressed sensing: b x b blocks times a seeded random orthogonal matrix, first rows kept",
+    settings={"block": (32, int, "block size in pixels; must divide H and W"), **CS_SETTINGS},
+    builder=lambda x_shape, block, ratio, seed: BlockCS(x_shape, block, ratio, seed),
+    restore_from_image=False,
+    has_svd=True,
+    check=_check_block,
+))
+
+
+# -- old photos ------------------------------------------------------------------------------------------
+def _check_old_photo(x_shape: Shape, s: dict[str, Any]) -> None:
+    _three_channels("old_photo", x_shape)
+    _scale_divides(x_shape, s["scale"])
+    grey_weights(s["weights"])
+    _, H, W = x_shape
+    _check_mask(x_shape, s, grids=((H // s["scale"], W // s["scale"]),), default="none")
+
+
+def _build_old_photo(x_shape: Shape, scale: int, weights: Any, **mask_settings: Any) -> OldPhoto:
+    _, H, W = x_shape
+    mask = resolve_mask(x_shape, grids=((H // scale, W // scale),), default="none", **mask_settings)
+    return OldPhoto(x_shape, mask, scale, weights)
+
+
+register(TaskInfo(
+    name="old_photo",
+    description="old-photo restoration: scratches (mask), then grey, then average-pool SR (exact SVD)",
+    settings={
+        **MASK_SETTINGS,
+        "mask": (None, str, "scratch mask at (H, W) or at the photo's (H/scale, W/scale): a PNG/.npy "
+                            "file (1 = keep), None/'none' (no scratches), 'random', 'box' or 'center'"),
+        "scale": (2, int, "average-pooling factor; must divide H and W"),
+        "weights": ("equal", str, "grey weights: 'equal', 'reference', 'luma' or three numbers"),
+    },
+    builder=_build_old_photo,
+    restore_from_image=True,
+    has_svd=True,
+    check=_check_old_photo,
+    obs_to_x=lambda obs, s: (3, obs[1] * s["scale"], obs[2] * s["scale"]),
 ))

@@ -60,7 +60,7 @@ svd_params = pytest.mark.parametrize(
 def test_every_task_name_is_registered():
     expected = {"sr_avgpool", "sr_bicubic", "colorize", "inpaint", "cs_walsh", "cs_block", "deblur_uniform",
                 "deblur_gauss", "deblur_aniso", "denoise", "old_photo"}
-    assert set(TASKS) <= expected  # TODO(operators): == once every task is in
+    assert set(TASKS) == expected
 
 
 @params
