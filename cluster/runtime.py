@@ -50,27 +50,26 @@ def init_ray(
 
     if ray.is_initialized():
         return
-    try:
-        if address is None:
-            _force_loopback()
-            kwargs: dict = {}
-            if system_config:
-                kwargs["_system_config"] = system_config
-            ray.init(
-                address="local",
-                num_cpus=num_cpus,
-                num_gpus=num_gpus,
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                log_to_driver=True,
-                configure_logging=False,
-                **kwargs,
-            )
-        else:
+    if address is not None:
+        try:
             ray.init(address=address, log_to_driver=True, configure_logging=False)
-    except Exception as e:  # ConnectionError, RuntimeError, ... from inside ray
-        where = "a local Ray cluster" if address is None else f"the Ray cluster at {address!r}"
-        raise RuntimeError(f"could not start {where}: {type(e).__name__}: {e}") from e
+        except Exception as e:  # ConnectionError, RuntimeError, ... from inside ray
+            why = f"{type(e).__name__}: {e}"
+            raise RuntimeError(f"could not join the Ray cluster at {address!r}: {why}") from e
+        return
+    _force_loopback()
+    # on a loaded machine the GCS can take longer than Ray's 5 s to answer its first connection
+    os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "30")
+    kwargs: dict = {"_system_config": system_config} if system_config else {}
+    for attempt in range(2):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                     _node_ip_address="127.0.0.1", log_to_driver=True, configure_logging=False, **kwargs)
+            return
+        except Exception as e:  # RaySystemError, ConnectionError, ... from inside ray
+            ray.shutdown()
+            if attempt == 1:
+                raise RuntimeError(f"could not start a local Ray cluster: {type(e).__name__}: {e}") from e
 
 
 def shutdown_ray() -> None:

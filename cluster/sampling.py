@@ -8,11 +8,18 @@ n`` with ``n`` seeded per image; restore: ``op.observe(image)``), sample with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-from ddnm.api import sample_batch
+
+try:
+    from ddnm.api import sample_batch
+except ImportError:  # TEMPORARY until ddnm.api lands
+    sample_batch = None
 
 import ddnm.metrics
 import ddnm.models
+from cluster import io
 from cluster.outputs import BatchResult
 from ddnm.operators import TASKS
 from ddnm.operators import build as build_operator
@@ -22,6 +29,12 @@ CPU_BATCH_SIZE = 4
 MAX_BATCH_SIZE = 64
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 GREY_TASKS = ("colorize", "old_photo")  # restore mode: observations that are grey images
+MASK_KEYWORDS = ("random", "none", "box", "center")
+
+
+def is_mask_file(value) -> bool:
+    """Whether a task's ``mask`` setting names a file (else a keyword such as 'random', or None)."""
+    return isinstance(value, str) and value.lower() not in MASK_KEYWORDS
 
 
 class ShardSampler:
@@ -46,9 +59,12 @@ class ShardSampler:
         self.model = ddnm.models.build(config["model"], config.get("checkpoint"), device=device,
                                        dtype=self.dtype)
         self.samples = int(config.get("samples") or 1)
-        self.settings = {k: v for k, v in (config.get("task_settings") or {}).items() if k != "mask"}
+        # a mask file is read by the worker (any fsspec URL) and passed as `masks`; keywords stay
+        self.settings = {k: v for k, v in (config.get("task_settings") or {}).items()
+                         if not (k == "mask" and is_mask_file(v))}
         self._batch_sizes: dict[tuple, int] = {}
         self._size_checks: dict[tuple, str | None] = {}
+        self._probed: dict[tuple, str | None] = {}
 
     @property
     def input_channels(self) -> int | None:
@@ -80,14 +96,25 @@ class ShardSampler:
             info = TASKS.get(self.config["task"])
             if info is not None:
                 info.validate(x_shape, **self.settings)
-        except ValueError as e:
+        except (ValueError, NotImplementedError) as e:
             return f"size {w}x{h} does not fit the task {self.config['task']}: {e}"
-        size = getattr(self.model, "image_size", None)
-        if size and tuple(x_shape[1:]) != (size, size):
-            what = "the restored image would be" if self.config["mode"] == "restore" else "image is"
-            return (f"wrong size for the model: {what} {x_shape[2]}x{x_shape[1]}, "
-                    f"{self.config['model']} restores {size}x{size} images")
         return None
+
+    def _probe(self, x_shape: tuple, keys: list[str]) -> None:
+        """One model call on zeros of `x_shape` (cached): a size the network cannot take is a BadInput."""
+        if x_shape not in self._probed:
+            try:
+                with torch.no_grad():
+                    x = torch.zeros(1, *x_shape, device=self.device, dtype=torch.float32)
+                    self.model(x, torch.full((1,), 500, device=self.device, dtype=torch.long))
+                self._probed[x_shape] = None
+            except (RuntimeError, ValueError) as e:
+                if "out of memory" in str(e).lower():
+                    raise
+                self._probed[x_shape] = (f"wrong size for the model {self.config['model']}: cannot restore "
+                                         f"{x_shape[2]}x{x_shape[1]} images ({str(e).splitlines()[0][:200]})")
+        if self._probed[x_shape]:
+            raise io.BadInput(", ".join(keys), self._probed[x_shape])
 
     def batch_size(self, image_shape: tuple) -> int:
         """Images per sampler call: the configured one, or the largest that fits (automatic)."""
@@ -122,7 +149,8 @@ class ShardSampler:
         kwargs = dict(self.settings)
         if masks is not None:
             kwargs["masks"] = masks.to(self.device)
-        op = build_operator(cfg["task"], x_shape=x_shape, **kwargs).to(self.device)
+        self._probe(x_shape, keys)
+        op = build_operator(cfg["task"], x_shape=x_shape, device=self.device, **kwargs)
         img = images.to(self.device, torch.float32) * 2 - 1
         gt = None
         if cfg["mode"] == "evaluate":
@@ -138,7 +166,8 @@ class ShardSampler:
             if img.shape[1] == 1 and cfg["task"] not in GREY_TASKS:
                 img = img.expand(-1, 3, -1, -1)
             y = op.observe(img)
-        out = sample_batch(
+        fn = sample_batch or _fallback_sample_batch
+        out = fn(
             self.model, op, y, keys=keys, seed=int(cfg["seed"]), steps=int(cfg["steps"]),
             eta=float(cfg["eta"]), sigma_y=float(cfg.get("sigma_y") or 0.0), travel=tuple(cfg["travel"]),
             samples=self.samples, dtype=self.dtype,
@@ -165,3 +194,27 @@ class ShardSampler:
             results.append(BatchResult(restored=x01[i], std=None if std is None else std[i],
                                        observation_view=view[i], metrics=row))
         return results
+
+
+@dataclass(frozen=True)
+class _Out:
+    x: torch.Tensor
+    std: torch.Tensor | None
+    model_calls: int
+
+
+def _fallback_sample_batch(model, op, y, *, keys, seed, steps, eta, sigma_y, travel, samples, dtype):
+    """TEMPORARY stand-in for ddnm.api.sample_batch (same contract pieces)."""
+    from ddnm.sampling import linear_schedule
+    from ddnm.sampling.ddnm import ddnm_sample
+
+    abar = linear_schedule(1000)
+    b = y.shape[0]
+    idx = [i for i in range(b) for _ in range(samples)]
+    gens = [image_generator(seed, keys[i], y.device, *( [k] if samples > 1 else [])) for i in range(b)
+            for k in range(samples)]
+    o = ddnm_sample(model, y[idx], op.select(idx), abar, steps=steps, eta=eta, sigma_y=2 * sigma_y,
+                    travel=tuple(travel), generators=gens)
+    xs = o.x.view(b, samples, *o.x.shape[1:])
+    std = ((xs.clamp(-1, 1) + 1) / 2).std(1) if samples > 1 else None
+    return _Out(x=xs.mean(1), std=std, model_calls=o.model_calls)

@@ -164,12 +164,14 @@ class RestoreWorker:
             raise io.BadInput(key, "file not found") from None
         image = io.decode_image(data, key, channels=self.sampler.input_channels)
         mask = self._load_mask(key) if cfg.get("mask_url") else None
-        if mask is not None and tuple(mask.shape[1:]) != tuple(image.shape[1:]):
-            raise io.BadInput(key, f"mask size {mask.shape[2]}x{mask.shape[1]} does not match the image "
-                                   f"size {image.shape[2]}x{image.shape[1]}")
         problem = self.sampler.check_size(tuple(image.shape))
         if problem:
             raise io.BadInput(key, problem)
+        if mask is not None:
+            sizes = {tuple(image.shape[1:]), tuple(self.sampler.x_shape(tuple(image.shape))[1:])}
+            if tuple(mask.shape[1:]) not in sizes:
+                raise io.BadInput(key, f"mask size {mask.shape[2]}x{mask.shape[1]} does not match the image "
+                                       f"size {image.shape[2]}x{image.shape[1]}")
         return Item(index=index, key=key, image=image, mask=mask, seconds=time.perf_counter() - t0)
 
     def _load_mask(self, key: str) -> torch.Tensor:
@@ -188,8 +190,9 @@ class RestoreWorker:
         raise io.BadInput(key, f"no mask found (tried {', '.join(tried)})")
 
     def _load_shared_mask(self) -> torch.Tensor | None:
+        """The task's ``mask`` setting when it names a file (any fsspec URL), read once."""
         url = (self.config.get("task_settings") or {}).get("mask")
-        if not url or not isinstance(url, str) or self.config.get("mask_url"):
+        if self.config.get("mask_url") or not _is_mask_file(url):
             return None
         try:
             return io.decode_mask(io.read_bytes(url, self.config.get("storage_options")), url)
@@ -251,6 +254,10 @@ class RestoreWorker:
             io.write_bytes(urls["std"], io.encode_png(std_map(res.std)), so)
         row.update(status="ok", error=None, output=urls["images"], out_height=h, out_width=w)
         row["seconds"] += time.perf_counter() - t0
+
+
+def _is_mask_file(value) -> bool:
+    return isinstance(value, str) and value.lower() not in ("random", "none", "box", "center")
 
 
 def _pick_device() -> torch.device:

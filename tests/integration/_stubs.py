@@ -30,6 +30,9 @@ class StubSampler:
             return f"wrong size for the model: image is {w}x{h}, needs {size}x{size}"
         return None
 
+    def x_shape(self, image_shape: tuple) -> tuple:
+        return tuple(image_shape)
+
     def batch_size(self, image_shape: tuple) -> int:
         return int(self.config.get("batch_size") or 4)
 

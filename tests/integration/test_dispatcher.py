@@ -1,0 +1,55 @@
+"""The dispatcher on the shared local Ray (2 CPUs, 2 logical GPUs): every shard exactly once."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from cluster import io
+from cluster.dispatcher import Dispatcher, WorkerStartError
+from tests.integration._stubs import StubWorker
+
+pytestmark = pytest.mark.integration
+
+
+def _config(tmp_path, **kw) -> dict:
+    cfg = dict(input_url=str(tmp_path / "in"), output_url=str(tmp_path / "out"), storage_options={},
+               mode="evaluate", task="sr_avgpool", task_settings={"scale": 2}, mask_url=None, model="tiny",
+               checkpoint="random", dtype="fp32", steps=2, eta=0.85, sigma_y=0.0, travel=[1, 1, 1],
+               samples=1, batch_size=2, seed=0, panels=False, threads=1)
+    cfg.update(kw)
+    return cfg
+
+
+def _images(root: str, n: int, size: int = 16) -> list[str]:
+    keys = [f"d{i % 3}/img{i:03d}.png" for i in range(n)]
+    g = torch.Generator().manual_seed(0)
+    for k in keys:
+        io.write_bytes(io.join(root, k), io.encode_png(torch.rand(3, size, size, generator=g)))
+    return keys
+
+
+def test_two_gpu_workers_process_every_shard_once(ray_local, tmp_path):
+    keys = _images(str(tmp_path / "in"), 24)
+    shards = [{"shard_id": i, "keys": keys[i * 3:(i + 1) * 3], "attempt": 0} for i in range(8)]
+    seen = []
+    d = Dispatcher(_config(tmp_path, stub_sleep=0.05), num_workers=2, gpus_per_worker=1.0,
+                   worker_cls=StubWorker)
+    d.run(shards, seen.append)
+    assert sorted(s["shard_id"] for s in seen) == list(range(8))
+    rows = [r for s in seen for r in s["rows"]]
+    assert collections.Counter(r["key"] for r in rows) == collections.Counter(keys)
+    assert all(r["status"] == "ok" for r in rows)
+    assert len({s["worker"] for s in seen}) == 2  # both logical GPUs were used
+    assert (d.shards_done, d.images_ok, d.images_failed) == (8, 24, 0)
+    for k in keys:
+        assert (tmp_path / "out" / "images" / k).is_file()
+
+
+def test_worker_init_failure_is_a_clear_error(ray_local, tmp_path):
+    cfg = _config(tmp_path, task_settings={"scale": 2, "mask": str(tmp_path / "no-such-mask.png")})
+    d = Dispatcher(cfg, num_workers=1, gpus_per_worker=0.5, worker_cls=StubWorker)
+    with pytest.raises(WorkerStartError, match="no-such-mask.png"):
+        d.run([{"shard_id": 0, "keys": ["a.png"], "attempt": 0}], lambda s: None)
