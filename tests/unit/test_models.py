@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -10,6 +12,15 @@ from ddnm.models.adm import ADMConfig, ADMUNet, timestep_embedding
 FFHQ = dict(
     model_channels=128, num_res_blocks=1, attention_resolutions=(16,), num_heads=4, num_head_channels=64
 )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny convolutions on 2 shared cores: threads only add contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _meta_state(model_fn):
@@ -106,3 +117,237 @@ def test_adm_config_validation():
         ADMConfig(image_size=20, channel_mult=(1, 2, 2, 2))
     with pytest.raises(ValueError, match="num_head_channels"):
         ADMConfig(model_channels=32, channel_mult=(1, 3), num_head_channels=64)
+
+
+@pytest.mark.parametrize("new_order", [False, True])
+def test_attention_matches_explicit_per_head_softmax(new_order):
+    from ddnm.models.adm import AttentionBlock
+
+    torch.manual_seed(1)
+    block = AttentionBlock(32, num_heads=2, new_order=new_order, groups=8).double()
+    x = torch.randn(2, 32, 4, 4, dtype=torch.float64)
+    qkv = block.qkv(block.norm(x.reshape(2, 32, 16)))  # (B, 3C, T)
+    if new_order:  # [q heads | k heads | v heads]
+        q, k, v = (z.reshape(4, 16, 16) for z in qkv.chunk(3, dim=1))
+    else:  # legacy: [q0 k0 v0 | q1 k1 v1]
+        q, k, v = qkv.reshape(4, 48, 16).split(16, dim=1)
+    w = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / 4.0, dim=-1)  # 1/sqrt(16)
+    h = torch.einsum("bts,bcs->bct", w, v).reshape(2, 32, 16)
+    expected = x + block.proj_out(h).reshape(2, 32, 4, 4)
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_ddpm_celebahq_layout():
+    from ddnm.models.ddpm import DDPMConfig, DDPMUNet
+
+    model, shapes = _meta_state(lambda: DDPMUNet(DDPMConfig()))
+    assert len(shapes) == 450
+    assert _count(model) == 113_673_219
+    assert shapes["temb.dense.0.weight"] == (512, 128)
+    assert shapes["temb.dense.1.weight"] == (512, 512)
+    assert shapes["conv_out.weight"] == (3, 128, 3, 3)
+    assert shapes["down.4.attn.1.q.weight"] == (512, 512, 1, 1)  # 16 px level
+    assert shapes["down.0.downsample.conv.weight"] == (128, 128, 3, 3)
+    assert shapes["up.1.block.2.nin_shortcut.weight"] == (128, 256, 1, 1)
+    assert shapes["mid.attn_1.proj_out.weight"] == (512, 512, 1, 1)
+    assert {k.split(".")[0] for k in shapes} == {
+        "temb", "conv_in", "down", "mid", "up", "norm_out", "conv_out"
+    }  # fmt: skip
+
+
+def test_ddpm_embedding_sin_then_cos_and_batch_equals_single():
+    from ddnm.models.ddpm import DDPMConfig, DDPMUNet, ddpm_timestep_embedding
+
+    emb = ddpm_timestep_embedding(torch.tensor([0, 2]), 8)
+    torch.testing.assert_close(emb[0], torch.tensor([0.0] * 4 + [1.0] * 4))
+    freqs = torch.exp(-torch.log(torch.tensor(10000.0)) * torch.arange(4) / 3)
+    torch.testing.assert_close(emb[1, :4], torch.sin(2 * freqs))
+    torch.manual_seed(0)
+    cfg = DDPMConfig(image_size=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,))
+    model = DDPMUNet(cfg).eval()
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([1, 500, 998])
+    with torch.no_grad():
+        out = model(x, t)
+        singles = torch.cat([model(x[i : i + 1], t[i : i + 1]) for i in range(3)])
+    assert out.shape == (3, 3, 16, 16)
+    torch.testing.assert_close(out, singles, atol=1e-5, rtol=0)
+
+
+# --- build, EpsModel, checkpoints -----------------------------------------------------------------
+
+import ddnm.models as models  # noqa: E402
+from ddnm.models.base import ADMEps  # noqa: E402
+
+
+def _xt(b=3, size=16, dtype=torch.float32):
+    g = torch.Generator().manual_seed(7)
+    return torch.randn(b, 3, size, size, generator=g, dtype=dtype), torch.tensor([0, 499, 999][:b])
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_tiny_eps_shape_slicing_and_batch_equals_single(size):
+    model = models.build("tiny")
+    assert (model.image_size, model.in_channels, model.family) == (16, 3, "adm")
+    assert model.num_params == 209_382
+    x, t = _xt(size=size)
+    with torch.no_grad():
+        eps = model(x, t)
+        full = model.net(x, t)
+        singles = torch.cat([model(x[i : i + 1], t[i : i + 1]) for i in range(3)])
+    assert full.shape == (3, 6, size, size) and eps.shape == (3, 3, size, size)
+    torch.testing.assert_close(eps, full[:, :3], rtol=0, atol=0)
+    torch.testing.assert_close(eps, singles, atol=1e-5, rtol=0)
+
+
+def test_tiny_is_seeded_and_leaves_global_rng_alone():
+    state = torch.random.get_rng_state()
+    a, b, c = (
+        models.build("tiny", seed=0),
+        models.build("tiny", "random", seed=0),
+        models.build("tiny", seed=1),
+    )
+    assert torch.equal(state, torch.random.get_rng_state())
+    x, t = _xt()
+    assert torch.equal(a(x, t), b(x, t))
+    assert not torch.allclose(a(x, t), c(x, t))
+
+
+def test_float64_and_low_precision():
+    x, t = _xt()
+    ref = models.build("tiny")(x, t)
+    m64 = models.build("tiny", dtype=torch.float64)
+    out64 = m64(x.double(), t)
+    assert out64.dtype == torch.float64
+    torch.testing.assert_close(out64.float(), ref, atol=1e-5, rtol=0)
+    assert models.build("tiny")(x.double(), t).dtype == torch.float64  # fp32 model, fp64 in/out
+    bf = models.build("tiny", dtype="bf16")
+    net = bf.net
+    assert net.input_blocks[0][0].weight.dtype == torch.bfloat16
+    assert net.out[0].weight.dtype == torch.float32  # GroupNorm stays fp32
+    assert net.time_embed[0].weight.dtype == torch.float32
+    out = bf(x, t)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_channels_last_matches():
+    x, t = _xt()
+    ref = models.build("tiny")(x, t)
+    torch.testing.assert_close(models.build("tiny", channels_last=True)(x, t), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".ckpt"])
+def test_checkpoint_round_trip(tmp_path, suffix):
+    from safetensors.torch import save_file
+
+    src = models.build("tiny", seed=3)
+    state = {k: v.contiguous() for k, v in src.net.state_dict().items()}
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    elif suffix == ".pt":
+        torch.save(state, path)
+    else:  # DataParallel prefix inside a {"state_dict": ...} container
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "step": 5}, path)
+    loaded = models.build("tiny", path)
+    assert loaded.checkpoint == str(path)
+    x, t = _xt()
+    assert torch.equal(loaded(x, t), src(x, t))
+    assert not torch.equal(models.build("tiny", seed=0)(x, t), src(x, t))
+
+
+def test_mismatched_checkpoint_names_file_and_keys(tmp_path):
+    state = dict(models.build("tiny").net.state_dict())
+    state.pop("out.2.bias")
+    state["extra.weight"] = torch.zeros(2)
+    state["input_blocks.0.0.weight"] = torch.zeros(16, 4, 3, 3)
+    path = tmp_path / "bad_weights.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"bad_weights\.pt.*missing keys \(1\): out\.2\.bias") as err:
+        models.build("tiny", path)
+    msg = str(err.value)
+    assert "unexpected keys (1): extra.weight" in msg
+    assert "input_blocks.0.0.weight (16, 4, 3, 3) != (16, 3, 3, 3)" in msg
+    with pytest.raises(ValueError, match="not a local file"):
+        models.build("tiny", tmp_path / "absent.pt")
+
+
+def test_checkpoint_hash(tmp_path):
+    import hashlib
+
+    path = tmp_path / "blob.bin"
+    path.write_bytes(b"ddnm" * 1000)
+    assert models.checkpoint_hash(path) == hashlib.sha256(b"ddnm" * 1000).hexdigest()
+
+
+def test_build_errors():
+    with pytest.raises(ValueError, match="needs checkpoint"):
+        models.build("adm-256-uncond")
+    with pytest.raises(ValueError, match="unknown model name 'nope'"):
+        models.build("nope")
+    with pytest.raises(ValueError, match="class_label"):
+        models.build("tiny", class_label=3)
+    with pytest.raises(ValueError, match="local UNet2DModel folder"):
+        models.build("diffusers")
+    with pytest.raises(ValueError, match="dtype"):
+        models.build("tiny", dtype="int8")
+
+
+def test_class_conditional_adapter_uses_fixed_or_given_labels():
+    cfg = models.TINY_CONFIG.__class__(**{**models.TINY_CONFIG.__dict__, "num_classes": 4})
+    torch.manual_seed(0)
+    net = models.ADMUNet(cfg)
+    kw = dict(name="c", image_size=16, in_channels=3)
+    fixed = ADMEps(net, class_label=2, **kw)
+    x, t = _xt()
+    with torch.no_grad():
+        expected = net(x, t, torch.full((3,), 2))[:, :3]
+        torch.testing.assert_close(fixed(x, t), expected, rtol=0, atol=0)
+        assert not torch.allclose(fixed(x, t, class_labels=torch.tensor([0, 1, 3])), expected)
+    assert ADMEps(net, **kw).class_label == 0
+    with pytest.raises(ValueError, match="class_label"):
+        ADMEps(net, class_label=4, **kw)
+
+
+def test_list_models_meta_counts():
+    rows = {r["name"]: r for r in models.list_models()}
+    assert set(rows) >= {"adm-256-uncond", "adm-256-cond", "adm-ffhq-256", "ddpm-celebahq-256", "tiny"}
+    assert set(rows["tiny"]) == {"name", "family", "params", "image_size", "description"}
+    assert rows["adm-256-cond"]["params"] == 553_838_086
+    assert rows["ddpm-celebahq-256"]["params"] == 113_673_219
+    assert rows["tiny"]["params"] == 209_382
+
+
+def test_optional_modules_missing_give_clear_errors(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
+    with pytest.raises(ImportError, match=r"pip install"):
+        models.build("diffusers", tmp_path)
+    monkeypatch.setitem(sys.modules, "ddnm.models.small_prior", None)
+    with pytest.raises(ValueError, match="small_prior.py is missing"):
+        models.build("small-prior")
+
+
+def test_diffusers_adapter(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(
+        sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+        block_out_channels=(32, 32), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8,
+    )  # fmt: skip
+    unet.save_pretrained(tmp_path / "unet")
+    model = models.build("diffusers", tmp_path)
+    assert (model.family, model.image_size, model.in_channels) == ("diffusers", 16, 3)
+    x, t = _xt()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), unet(x, t).sample)
+
+
+def test_small_prior_delegation():
+    pytest.importorskip("ddnm.models.small_prior")
+    model = models.build("small-prior", "random")
+    assert model.family == "small-prior" and model.in_channels == 3
+    x, t = _xt(size=32)
+    assert model(x, t).shape == (3, 3, 32, 32)
+    row = next(r for r in models.list_models() if r["name"] == "small-prior")
+    assert row["params"] == model.num_params

@@ -1,0 +1,273 @@
+"""Named models: ``build(name, checkpoint, ...)`` and the ``REGISTRY`` of ``models --json``."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ddnm.models.adm import ADMConfig, ADMUNet
+from ddnm.models.base import ADMEps, DDPMEps, EpsModel, cast_network
+from ddnm.models.checkpoint import load_checkpoint
+from ddnm.models.ddpm import DDPMConfig, DDPMUNet
+
+__all__ = ["REGISTRY", "TINY_CONFIG", "ModelInfo", "build", "list_models", "resolve_dtype"]
+
+TINY_CONFIG = ADMConfig(
+    image_size=16,
+    model_channels=16,
+    num_res_blocks=1,
+    channel_mult=(1, 2),
+    attention_resolutions=(8,),
+    num_head_channels=16,
+    norm_groups=8,
+    learn_sigma=True,
+)
+"""A 209,382-parameter ADM for tests (16-32 px inputs; attention on the half-resolution level)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelInfo:
+    """What ``build`` knows about a model name."""
+
+    name: str
+    """Registry key, e.g. ``adm-256-uncond``."""
+    family: str
+    """Adapter family: adm, ddpm, diffusers or small-prior."""
+    image_size: int | None
+    """Training resolution in pixels (None: read from the checkpoint)."""
+    description: str
+    """One line for humans, naming the public checkpoint file."""
+    config: ADMConfig | DDPMConfig | None = None
+    """Architecture (None: defined by the checkpoint folder or another module)."""
+
+    @property
+    def params(self) -> int | None:
+        """Parameter count of the released configuration (built on the meta device, instant)."""
+        return _count_params(self.name)
+
+
+_DATASETS = "ImageNet 256x256"
+REGISTRY: dict[str, ModelInfo] = {
+    info.name: info
+    for info in [
+        ModelInfo(
+            name="adm-256-uncond",
+            family="adm",
+            image_size=256,
+            description=f"guided-diffusion ADM, {_DATASETS} unconditional (256x256_diffusion_uncond.pt)",
+            config=ADMConfig(),
+        ),
+        ModelInfo(
+            name="adm-256-cond",
+            family="adm",
+            image_size=256,
+            description=f"guided-diffusion ADM, {_DATASETS} class-conditional (256x256_diffusion.pt); "
+            "one fixed class_label for all images (default 0)",
+            config=ADMConfig(num_classes=1000),
+        ),
+        ModelInfo(
+            name="adm-ffhq-256",
+            family="adm",
+            image_size=256,
+            description="ADM trained on FFHQ 256 by DPS, used by DiffPIR and deepinv (ffhq_10m.pt)",
+            config=ADMConfig(model_channels=128, num_res_blocks=1, attention_resolutions=(16,), num_heads=4),
+        ),
+        ModelInfo(
+            name="ddpm-celebahq-256",
+            family="ddpm",
+            image_size=256,
+            description="DDPM 'simple' UNet, CelebA-HQ 256 of SDEdit / DDIM (celeba_hq.ckpt); "
+            "the LSUN 256 checkpoints share this architecture",
+            config=DDPMConfig(),
+        ),
+        ModelInfo(
+            name="diffusers",
+            family="diffusers",
+            image_size=None,
+            description="any diffusers UNet2DModel predicting epsilon, from a local folder "
+            "(optional extra: diffusers)",
+        ),
+        ModelInfo(
+            name="small-prior",
+            family="small-prior",
+            image_size=None,
+            description="small ADM trained for this project, weights bundled (ddnm/models/weights)",
+        ),
+        ModelInfo(
+            name="tiny",
+            family="adm",
+            image_size=TINY_CONFIG.image_size,
+            description="tiny random ADM for tests (deterministic from a seed, no checkpoint)",
+            config=TINY_CONFIG,
+        ),
+    ]
+}
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "fp64": torch.float64,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+}  # fmt: skip
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.bfloat16`` or one of "fp32", "float32", "bf16", "bfloat16", "fp16", "float16", "fp64"."""
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        return _DTYPES[dtype.lower().removeprefix("torch.")]
+    raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+
+
+def _network(config: ADMConfig | DDPMConfig) -> nn.Module:
+    return ADMUNet(config) if isinstance(config, ADMConfig) else DDPMUNet(config)
+
+
+def _small_prior_module():
+    try:
+        small_prior = importlib.import_module("ddnm.models.small_prior")
+    except ImportError as exc:
+        raise ValueError(
+            "model 'small-prior' is not available: ddnm/models/small_prior.py is missing"
+        ) from exc
+    return small_prior
+
+
+@functools.cache
+def _count_params(name: str) -> int | None:
+    config = REGISTRY[name].config
+    if name == "small-prior":
+        model = _meta_small_prior()
+        return None if model is None else model.num_params
+    if config is None:
+        return None
+    with torch.device("meta"):
+        return sum(p.numel() for p in _network(config).parameters())
+
+
+@functools.cache
+def _meta_small_prior() -> EpsModel | None:
+    """The small prior built with random weights on the meta device, or None if unavailable."""
+    try:
+        return _build_small_prior("random", torch.device("meta"), torch.float32, False)
+    except Exception:  # optional module of another owner: never break the listing
+        return None
+
+
+def list_models() -> list[dict]:
+    """``[{"name", "family", "params", "image_size", "description"}]`` for ``python -m ddnm models``."""
+    rows = []
+    for info in REGISTRY.values():
+        image_size = info.image_size
+        if image_size is None and info.name == "small-prior":
+            model = _meta_small_prior()
+            image_size = None if model is None else model.image_size
+        rows.append(
+            {
+                "name": info.name,
+                "family": info.family,
+                "params": info.params,
+                "image_size": image_size,
+                "description": info.description,
+            }
+        )
+    return rows
+
+
+def _random_network(config: ADMConfig | DDPMConfig, device: torch.device, seed: int) -> nn.Module:
+    """Build with PyTorch's default init from ``seed`` without touching the global RNG state."""
+    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), torch.device(device):
+        torch.manual_seed(seed)
+        return _network(config)
+
+
+def build(
+    name: str,
+    checkpoint: str | Path | None = None,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    channels_last: bool = False,
+    class_label: int | None = None,
+    seed: int = 0,
+) -> EpsModel:
+    """Build model ``name`` as ``eps = model(x_t, t)``, in eval mode with gradients off.
+
+    checkpoint: a local file (``.pt``/``.ckpt`` via ``torch.load(weights_only=True)``, or
+    ``.safetensors``); for ``diffusers`` a local folder; ``"random"`` for random weights on purpose
+    (PyTorch's default init from ``seed``, same cost as the real model); ``None`` only where the
+    family has default weights (``small-prior``: bundled; ``tiny``: random from ``seed``).
+    dtype: compute dtype (float32, bfloat16, float16 or float64, or its name); in low precision only
+    convolutions are cast, norms and embeddings stay float32 (see ``cast_network``).
+    class_label: the fixed ImageNet class for ``adm-256-cond`` (default 0); rejected elsewhere.
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model name {name!r}; known: {sorted(REGISTRY)}")
+    info = REGISTRY[name]
+    device = torch.device(device)
+    dtype = resolve_dtype(dtype)
+    if class_label is not None and name != "adm-256-cond":
+        raise ValueError(f"class_label={class_label!r} only applies to adm-256-cond, not {name!r}")
+    if name == "diffusers":
+        if checkpoint is None or checkpoint == "random":
+            raise ValueError("model 'diffusers' needs checkpoint= a local UNet2DModel folder")
+        from ddnm.models.diffusers import load_diffusers_unet
+
+        return load_diffusers_unet(checkpoint, device=device, dtype=dtype, channels_last=channels_last)
+    if name == "small-prior":
+        return _build_small_prior(checkpoint, device, dtype, channels_last)
+
+    config = info.config
+    assert config is not None
+    if checkpoint is None and name != "tiny":
+        raise ValueError(
+            f"model {name!r} needs checkpoint= a local path to its weights ({info.description}), "
+            "or checkpoint='random' for random weights"
+        )
+    if checkpoint is None or checkpoint == "random":
+        net = _random_network(config, device, seed)
+        source = "random"
+    else:
+        with torch.device("meta"):
+            net = _network(config)
+        net = load_checkpoint(net, checkpoint).to(device)
+        source = str(checkpoint)
+    net = cast_network(net, dtype)
+    common = dict(
+        name=name,
+        image_size=config.image_size,
+        in_channels=config.in_channels,
+        dtype=dtype,
+        channels_last=channels_last,
+        checkpoint=source,
+    )
+    if isinstance(config, ADMConfig):
+        return ADMEps(net, class_label=class_label, **common)
+    return DDPMEps(net, **common)
+
+
+def _build_small_prior(checkpoint, device, dtype, channels_last) -> EpsModel:
+    """Delegate to ``ddnm.models.small_prior.build_small_prior`` (owned by the prior's module)."""
+    small_prior = _small_prior_module()
+    built = small_prior.build_small_prior(checkpoint, device=device, dtype=dtype)
+    if isinstance(built, EpsModel):
+        if channels_last:
+            built.memory_format = torch.channels_last
+            built.net.to(memory_format=torch.channels_last)
+        return built
+    if isinstance(built, ADMUNet):
+        return ADMEps(
+            built.to(device),
+            name="small-prior",
+            family="small-prior",
+            image_size=built.config.image_size,
+            in_channels=built.config.in_channels,
+            channels_last=channels_last,
+            checkpoint=None if checkpoint is None else str(checkpoint),
+        )
+    raise TypeError(f"build_small_prior returned {type(built).__name__}, expected EpsModel or ADMUNet")
