@@ -196,7 +196,17 @@ def _check_against_data(spec: JobSpec, root: str, shards: list[dict], notes: lis
         if keys:
             notes.append("could not decode any of the first images to check the task against their size")
         return spec
-    _validate_task(spec, shape)
+    x_shape = _validate_task(spec, shape)
+    _check_model_size(spec, x_shape)
+    mask = spec.settings.get("mask")
+    if spec.task == "inpaint" and x_shape and isinstance(mask, str) and _looks_like_path(mask):
+        try:
+            m = cio.decode_mask(cio.read_bytes(mask, opts), mask)
+        except cio.BadInput as exc:
+            raise JobError(f"--set mask={mask}: {exc.reason}") from None
+        if tuple(m.shape[-2:]) != tuple(x_shape[1:]):
+            raise JobError(f"--set mask={mask}: size {m.shape[-1]}x{m.shape[-2]} does not match the "
+                           f"images ({x_shape[2]}x{x_shape[1]})")
     return spec
 
 
@@ -215,23 +225,35 @@ def _probe_shape(root: str, keys: list[str], opts: dict[str, Any], tries: int = 
     return None
 
 
-def _validate_task(spec: JobSpec, shape: tuple[int, int, int]) -> None:
-    """The task's own validation on the first image's size (SR scale divides it, ...)."""
+def _check_model_size(spec: JobSpec, x_shape: tuple[int, int, int] | None) -> None:
+    """A model with a fixed image size cannot restore images of another size: refuse up front."""
+    from ddnm.models import REGISTRY
+    size = getattr(REGISTRY.get(spec.model), "image_size", None)
+    if size and x_shape is not None and tuple(x_shape[1:]) != (size, size):
+        what = "restored images would be" if spec.mode == "restore" else "input images are"
+        raise JobError(f"model {spec.model} restores {size}x{size} images; the {what} "
+                       f"{x_shape[2]}x{x_shape[1]} (checked on the first decodable input)")
+
+
+def _validate_task(spec: JobSpec, shape: tuple[int, int, int]) -> tuple[int, int, int] | None:
+    """The task's own validation on the first image's size (SR scale divides it, ...) -> x_shape."""
     if ":" in spec.task:
-        return
+        return None
     from ddnm.operators import TASKS
     info = TASKS[spec.task]
     settings = dict(spec.settings)
-    settings.pop("mask", None)
+    if isinstance(settings.get("mask"), str) and _looks_like_path(settings["mask"]):
+        settings.pop("mask")  # checked separately (it may live on object storage)
     try:
         if spec.mode == "restore":
             x_shape = info.x_shape_from_observation(shape, **settings)
         else:
             x_shape = (3, shape[1], shape[2])
         info.validate(x_shape, **settings)
-    except (ValueError, TypeError) as exc:
-        raise JobError(f"task {spec.task} on the input images ({shape[1]}x{shape[2]} px, "
+    except (ValueError, TypeError, NotImplementedError) as exc:
+        raise JobError(f"task {spec.task} on the input images ({shape[2]}x{shape[1]} px, "
                        f"mode {spec.mode}): {exc}") from None
+    return tuple(x_shape)
 
 
 def _write_start(prepared: Prepared, *, overwrite: bool) -> None:

@@ -222,3 +222,19 @@ def test_rerun_with_pending_work_removes_stale_manifest(inputs, tmp_path):
     assert (out / "_manifest.json").exists()
     plan_mod.prepare(spec_for(inputs, out))
     assert not (out / "_manifest.json").exists()
+
+
+def test_model_size_mismatch_refused(tmp_path):
+    png(tmp_path / "in" / "big.png", size=32)
+    with pytest.raises(JobError, match=r"model tiny restores 16x16 images; the input images are 32x32"):
+        plan_mod.prepare(spec_for(tmp_path / "in", tmp_path / "out"), dry_run=True)
+
+
+def test_mask_of_wrong_size_refused(inputs, tmp_path):
+    png(tmp_path / "m.png", size=8)
+    spec = spec_for(inputs, tmp_path / "out", task="inpaint", set=[f"mask={tmp_path}/m.png"])
+    with pytest.raises(JobError, match=r"m\.png: size 8x8 does not match the images \(16x16\)"):
+        plan_mod.prepare(spec, dry_run=True)
+    png(tmp_path / "m16.png", size=16)
+    ok = spec_for(inputs, tmp_path / "out", task="inpaint", set=[f"mask={tmp_path}/m16.png"])
+    assert plan_mod.prepare(ok, dry_run=True).config["task_settings"]["mask"].endswith("m16.png")
