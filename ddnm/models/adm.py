@@ -236,20 +236,23 @@ class AttentionBlock(nn.Module):
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Work in (B, T, C) so that q, k, v reach SDPA with unit stride on the head dimension (what
+        # the fused kernels want) and a channels_last input needs no copy; the 1x1 Conv1d weights
+        # (out, in, 1) of the checkpoint are applied as linear maps.
         b, c, *spatial = x.shape
-        x = x.reshape(b, c, -1)
-        qkv = self.qkv(self.norm(x))  # (B, 3C, T)
-        n, heads = qkv.shape[-1], self.num_heads
+        heads = self.num_heads
+        ch = c // heads
+        h = self.norm(x.reshape(b, c, -1)).transpose(1, 2)  # (B, T, C)
+        qkv = F.linear(h, self.qkv.weight.squeeze(-1), self.qkv.bias)  # (B, T, 3C)
+        n = qkv.shape[1]
         if self.new_order:
-            qkv = qkv.reshape(b, 3, heads, c // heads, n).transpose(0, 1)  # (3, B, H, ch, T)
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            q, k, v = qkv.view(b, n, 3, heads, ch).unbind(2)  # (B, T, H, ch) each
         else:
-            q, k, v = qkv.reshape(b, heads, 3 * (c // heads), n).chunk(3, dim=2)  # (B, H, ch, T)
-        h = F.scaled_dot_product_attention(
-            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
-        )  # (B, H, T, ch)
-        h = h.transpose(-1, -2).reshape(b, c, n)
-        return (x + self.proj_out(h)).reshape(b, c, *spatial)
+            q, k, v = qkv.view(b, n, heads, 3 * ch).split(ch, dim=-1)
+        h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        h = h.transpose(1, 2).reshape(b, n, c)  # (B, T, C)
+        h = F.linear(h, self.proj_out.weight.squeeze(-1), self.proj_out.bias)
+        return x + h.transpose(1, 2).reshape(b, c, *spatial)
 
 
 class _EmbSequential(nn.Sequential):

@@ -116,11 +116,13 @@ class _AttnBlock(nn.Module):
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, T, C) layout: unit stride on channels for SDPA; 1x1 conv weights applied as linear maps.
         b, c, hh, ww = x.shape
-        h = self.norm(x)
-        q, k, v = (m(h).reshape(b, 1, c, hh * ww).transpose(-1, -2) for m in (self.q, self.k, self.v))
-        h = F.scaled_dot_product_attention(q, k, v)  # (B, 1, HW, C), scale 1/sqrt(C)
-        return x + self.proj_out(h.transpose(-1, -2).reshape(b, c, hh, ww))
+        h = self.norm(x).flatten(2).transpose(1, 2)  # (B, T, C)
+        q, k, v = (F.linear(h, m.weight.flatten(1), m.bias).unsqueeze(1) for m in (self.q, self.k, self.v))
+        h = F.scaled_dot_product_attention(q, k, v).squeeze(1)  # (B, T, C), one head, scale 1/sqrt(C)
+        h = F.linear(h, self.proj_out.weight.flatten(1), self.proj_out.bias)
+        return x + h.transpose(1, 2).reshape(b, c, hh, ww)
 
 
 class _Downsample(nn.Module):
