@@ -169,11 +169,22 @@ class Dispatcher:
         self._deliver(summary, on_result)
 
     def _replace(self, slot: _Slot, pending, on_result=None, reason: str = "") -> None:
-        """Kill `slot`'s actor for good, re-queue its shards, start a new actor in its place."""
+        """Kill `slot`'s actor for good, re-queue its shards, start a new actor in its place.
+
+        Shards whose results were already complete when the actor went are delivered, not re-run.
+        """
+        refs = list(slot.inflight)
+        finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
         ray.kill(slot.actor, no_restart=True)
-        for shard in slot.inflight.values():
+        for ref in refs:
+            shard = slot.inflight.pop(ref)
+            if ref in finished:
+                try:
+                    self._deliver(ray.get(ref, timeout=5), on_result)
+                    continue
+                except Exception:  # lost with its node, or failed: run it again
+                    pass
             self._retry(shard, reason, pending, on_result)
-        slot.inflight.clear()
         self.slots[self.slots.index(slot)] = self._start()
         self.workers_replaced += 1
 
