@@ -27,6 +27,11 @@ WEIGHTS = {
 
 def grey_weights(weights: str | Sequence[float]) -> Tensor:
     """Resolve the ``weights`` setting -> float64 ``(3,)``; ValueError naming a bad value."""
+    if isinstance(weights, str) and "," in weights:  # command-line form "0.2,0.3,0.5"
+        try:
+            weights = [float(v) for v in weights.split(",")]
+        except ValueError as e:
+            raise ValueError(f"weights must be {sorted(WEIGHTS)} or three numbers, got {weights!r}") from e
     if isinstance(weights, str):
         if weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {sorted(WEIGHTS)} or three numbers, got {weights!r}")

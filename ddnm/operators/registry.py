@@ -54,7 +54,11 @@ class TaskInfo:
     obs_to_x: Callable[[tuple[int, ...], dict[str, Any]], tuple[int, int, int]] | None = None
 
     def resolve(self, **settings: Any) -> dict[str, Any]:
-        """Defaults updated by ``settings``; unknown names and uncoercible numbers are ValueErrors."""
+        """Defaults updated by ``settings``; unknown names and uncoercible numbers are ValueErrors.
+
+        Strings given for int / float settings are converted (command-line values), ``"1,2,3,4"`` for
+        tuple settings becomes a tuple of ints.
+        """
         unknown = sorted(set(settings) - set(self.settings))
         if unknown:
             raise ValueError(
@@ -63,11 +67,13 @@ class TaskInfo:
         out = {k: v[0] for k, v in self.settings.items()}
         for k, v in settings.items():
             typ = self.settings[k][1]
-            if isinstance(v, str) and typ in (int, float):
-                try:
+            try:
+                if isinstance(v, str) and typ in (int, float):
                     v = typ(v)
-                except ValueError as e:
-                    raise ValueError(f"setting {k}={v!r} of task {self.name!r} is not {typ.__name__}") from e
+                elif isinstance(v, str) and typ is tuple:  # CLI form "1,2,3,4"
+                    v = tuple(int(p) for p in v.split(","))
+            except ValueError as e:
+                raise ValueError(f"setting {k}={v!r} of task {self.name!r} is not {typ.__name__}") from e
             out[k] = v
         return out
 

@@ -336,6 +336,10 @@ def test_spec_forms_and_errors():
     b = build({"task": "sr_avgpool", "scale": 2}, (3, 8, 8))
     assert a.scale == b.scale == 2 and a.Q.dtype == torch.float32
     assert build({"task": "sr_avgpool", "scale": "2"}, (3, 8, 8)).scale == 2  # CLI strings coerced
+    boxed = build("inpaint", (3, 8, 8), mask="box", box="1,2,3,4")
+    assert int((boxed.mask == 0).sum()) == 12
+    grey = build("colorize", (3, 4, 4), weights="0.2,0.3,0.5", dtype=DT)
+    torch.testing.assert_close(grey.w, torch.tensor([0.2, 0.3, 0.5], dtype=DT))
     op = build(f"{__name__}:Doubler", (1, 2, 2), factor=3.0)
     assert isinstance(op, Doubler) and op.factor == 3.0
     with pytest.raises(ValueError, match=r"unknown task 'sr_nearest'.*sr_avgpool"):
