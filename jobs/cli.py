@@ -190,10 +190,12 @@ def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
             ran["failed"] += c["failed"]
             progress.update(c["ok"], c["failed"])
 
-        from cluster.dispatcher import Dispatcher
+        from cluster.dispatcher import Dispatcher, WorkerStartError
         try:
             Dispatcher(prepared.config, num_workers=workers, gpus_per_worker=gpw,
                        cpus_per_worker=spec.cpus_per_worker).run(prepared.pending, on_result)
+        except WorkerStartError as exc:
+            raise JobError(str(exc)) from None
         finally:
             progress.close()
             if started:

@@ -70,19 +70,17 @@ def code_version() -> dict[str, Any]:
 
 
 def checkpoint_hash(spec: JobSpec) -> str:
-    """sha256 of a local checkpoint; the ETag/size of a remote one; 'random' / 'bundled:<model>'."""
+    """sha256 of the checkpoint file; 'random'; 'bundled:<model>' (the bundled weights)."""
     ckpt = spec.checkpoint
     if ckpt is None:
         return f"bundled:{spec.model}"
     if ckpt == "random":
         return "random"
-    if "://" not in ckpt or ckpt.startswith("file://"):
-        from ddnm.models import checkpoint_hash as sha
-        return "sha256:" + sha(ckpt.removeprefix("file://"))
-    fs, path = cio.filesystem(ckpt, spec.storage_options)
-    info = fs.info(path)
-    tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("crc32c")
-    return f"etag:{str(tag).strip(chr(34))};size:{info.get('size')}" if tag else f"size:{info.get('size')}"
+    path = ckpt.removeprefix("file://")
+    if not Path(path).is_file():  # on a remote cluster the driver may not see the workers' path
+        return f"unknown (not readable on the driver): {ckpt}"
+    from ddnm.models import checkpoint_hash as sha
+    return "sha256:" + sha(path)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,7 +186,10 @@ def _check_against_data(spec: JobSpec, root: str, shards: list[dict], notes: lis
     if spec.mask_url and not storage.exists(spec.mask_url, opts):
         raise JobError(f"mask_url={spec.mask_url}: not found")
     ckpt = spec.checkpoint
-    if ckpt and ckpt != "random" and not storage.exists(ckpt, opts):
+    if ckpt and "://" in ckpt and not ckpt.startswith("file://"):
+        raise JobError(f"--checkpoint {ckpt}: workers load checkpoints from a local path; copy it to a "
+                       "path every worker can read (a shared volume, or baked into the image)")
+    if ckpt and ckpt != "random" and spec.address is None and not storage.exists(ckpt, opts):
         raise JobError(f"--checkpoint {ckpt}: not found")
     keys = [k for s in shards for k in s["keys"]]
     shape = _probe_shape(root, keys, opts)
