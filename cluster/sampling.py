@@ -8,22 +8,15 @@ n`` with ``n`` seeded per image; restore: ``op.observe(image)``), sample with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-
-try:
-    from ddnm.api import sample_batch
-except ImportError:  # TEMPORARY until ddnm.api lands
-    sample_batch = None
 
 import ddnm.metrics
 import ddnm.models
 from cluster import io
 from cluster.outputs import BatchResult
+from ddnm.api import evaluate_observation, sample_batch
 from ddnm.operators import TASKS
 from ddnm.operators import build as build_operator
-from ddnm.sampling import image_generator
 
 CPU_BATCH_SIZE = 4
 MAX_BATCH_SIZE = 64
@@ -155,19 +148,13 @@ class ShardSampler:
         gt = None
         if cfg["mode"] == "evaluate":
             gt = img
-            y = op.A(img)
-            sigma = 2.0 * float(cfg.get("sigma_y") or 0.0)
-            if sigma > 0:
-                noise = torch.stack([
-                    torch.randn(y.shape[1:], generator=image_generator(cfg["seed"], k, self.device, "y"),
-                                device=self.device) for k in keys])
-                y = y + sigma * noise
+            y = evaluate_observation(op, img, sigma_y=float(cfg.get("sigma_y") or 0.0), seed=int(cfg["seed"]),
+                                     keys=keys)
         else:
             if img.shape[1] == 1 and cfg["task"] not in GREY_TASKS:
                 img = img.expand(-1, 3, -1, -1)
             y = op.observe(img)
-        fn = sample_batch or _fallback_sample_batch
-        out = fn(
+        out = sample_batch(
             self.model, op, y, keys=keys, seed=int(cfg["seed"]), steps=int(cfg["steps"]),
             eta=float(cfg["eta"]), sigma_y=float(cfg.get("sigma_y") or 0.0), travel=tuple(cfg["travel"]),
             samples=self.samples, dtype=self.dtype,
@@ -195,26 +182,3 @@ class ShardSampler:
                                        observation_view=view[i], metrics=row))
         return results
 
-
-@dataclass(frozen=True)
-class _Out:
-    x: torch.Tensor
-    std: torch.Tensor | None
-    model_calls: int
-
-
-def _fallback_sample_batch(model, op, y, *, keys, seed, steps, eta, sigma_y, travel, samples, dtype):
-    """TEMPORARY stand-in for ddnm.api.sample_batch (same contract pieces)."""
-    from ddnm.sampling import linear_schedule
-    from ddnm.sampling.ddnm import ddnm_sample
-
-    abar = linear_schedule(1000)
-    b = y.shape[0]
-    idx = [i for i in range(b) for _ in range(samples)]
-    gens = [image_generator(seed, keys[i], y.device, *( [k] if samples > 1 else [])) for i in range(b)
-            for k in range(samples)]
-    o = ddnm_sample(model, y[idx], op.select(idx), abar, steps=steps, eta=eta, sigma_y=2 * sigma_y,
-                    travel=tuple(travel), generators=gens)
-    xs = o.x.view(b, samples, *o.x.shape[1:])
-    std = ((xs.clamp(-1, 1) + 1) / 2).std(1) if samples > 1 else None
-    return _Out(x=xs.mean(1), std=std, model_calls=o.model_calls)
