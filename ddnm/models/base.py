@@ -91,8 +91,16 @@ class EpsModel(nn.Module):
     def _run(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.net(x, t)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _inputs(self, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cast ``x_t`` to the compute dtype / memory format; ``t`` to (B,) on ``x_t``'s device."""
         x = x_t.to(dtype=self.dtype, memory_format=self.memory_format)
+        t = torch.as_tensor(t, device=x.device)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        return x, t
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x, t = self._inputs(x_t, t)
         out = self._run(x, t)
         return out[:, : self.in_channels].to(x_t.dtype)
 
@@ -128,7 +136,7 @@ class ADMEps(EpsModel):
     def forward(
         self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None
     ) -> torch.Tensor:
-        x = x_t.to(dtype=self.dtype, memory_format=self.memory_format)
+        x, t = self._inputs(x_t, t)
         y = None
         if self.class_label is not None:
             y = self._label.expand(x.shape[0]) if class_labels is None else class_labels

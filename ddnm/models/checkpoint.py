@@ -33,6 +33,16 @@ def _is_tensor_dict(obj: object) -> bool:
     return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def _torch_load(path: Path) -> object:
+    """``torch.load(weights_only=True)``, memory-mapped when the file is in the zip format."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as exc:
+        if "mmap" not in str(exc):  # legacy (pre-1.6) files cannot be mapped; anything else is real
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a flat ``{name: tensor}`` dict (on CPU) from a local checkpoint file.
 
@@ -50,7 +60,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj: object = load_file(str(path), device="cpu")
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = _torch_load(path)
         except Exception as exc:  # pickle errors have many types; name the file in one
             raise ValueError(f"checkpoint {str(path)!r} could not be read as weights: {exc}") from exc
     for _ in range(3):

@@ -351,3 +351,35 @@ def test_small_prior_delegation():
     assert model(x, t).shape == (3, 3, 32, 32)
     row = next(r for r in models.list_models() if r["name"] == "small-prior")
     assert row["params"] == model.num_params
+
+
+@pytest.mark.parametrize("name", ["adm-ffhq-256", "ddpm-celebahq-256"])
+def test_public_family_random_on_meta_device(name):
+    """The full-size 'random' path, cast to bf16 and channels_last, without allocating memory."""
+    model = models.build(name, "random", device="meta", dtype="bf16", channels_last=True)
+    assert model.num_params == models.REGISTRY[name].params
+    convs = [m for m in model.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(c.weight.dtype == torch.bfloat16 for c in convs)
+    assert convs[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["adm-256-uncond", "adm-256-cond", "adm-ffhq-256", "ddpm-celebahq-256"])
+def test_public_family_forward_on_meta_device(name):
+    """Full-size forward shapes (meta kernels run in Python: seconds per model, hence slow)."""
+    model = models.build(name, "random", device="meta", dtype="bf16", channels_last=True)
+    x = torch.empty(2, 3, 256, 256, device="meta")
+    out = model(x, torch.tensor(5, device="meta"))  # a scalar t is broadcast to the batch
+    assert (out.shape, out.dtype) == ((2, 3, 256, 256), torch.float32)
+
+
+def test_ddpm_adapter_and_t_on_another_device():
+    from ddnm.models.ddpm import DDPMConfig, DDPMUNet
+
+    torch.manual_seed(0)
+    net = DDPMUNet(DDPMConfig(image_size=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,)))
+    model = models.DDPMEps(net, image_size=16)
+    assert (model.family, model.in_channels, model.dtype) == ("ddpm", 3, torch.float32)
+    x, t = _xt()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t.tolist()), net(x, t), rtol=0, atol=0)
