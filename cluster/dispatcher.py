@@ -62,7 +62,8 @@ class Dispatcher:
         start_timeout: seconds to wait with work pending and no live actor before giving up.
 
     Progress counters, updated before each ``on_result`` call: `shards_done`, `shards_failed`
-    (given up after `max_attempts`), `images_ok`, `images_failed`, `workers_replaced`.
+    (given up after `max_attempts`), `images_ok`, `images_failed`, `workers_replaced`; and
+    `first_ready_at` (``time.monotonic()`` when the first actor could take work, for rates and ETAs).
     """
 
     def __init__(self, config: dict, *, num_workers: int, gpus_per_worker: float = 1.0,
@@ -92,6 +93,7 @@ class Dispatcher:
         self.slots: list[_Slot] = []
         self.shards_done = self.shards_failed = self.images_ok = self.images_failed = 0
         self.workers_replaced = 0
+        self.first_ready_at: float | None = None  # time.monotonic() when the first actor was ready
         self._config_ref = None
 
     # ------------------------------------------------------------------------------------------ run
@@ -150,6 +152,8 @@ class Dispatcher:
         try:
             slot.info = ray.get(slot.ready_ref)
             slot.ready = True
+            if self.first_ready_at is None:
+                self.first_ready_at = time.monotonic()
         except RayError as e:
             if getattr(e, "actor_init_failed", False) or isinstance(e, RayTaskError):
                 raise WorkerStartError(f"could not start a restore worker: {_reason(e)}") from None

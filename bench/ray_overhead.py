@@ -1,0 +1,129 @@
+"""What Ray costs: images/s of the same job through the batch system vs a plain Python loop.
+
+Same images, model, task (2x average-pool SR, evaluate mode), steps and batch size in three runs:
+
+  (a) ``plain``: the sampler in a plain Python loop in this process: read, decode, degrade,
+      ``ddnm.api.sample_batch``, encode, write, one batch after the other (1 torch thread);
+  (b) ``ray x1``: the job through a local Ray cluster (``cluster.dispatcher.Dispatcher``), one
+      CPU worker with 1 torch thread;
+  (c) ``ray x2``: the same with two workers, 1 torch thread each.
+
+Printed ratios (targets from issue 4): (b)/(a) >= 0.95 and (c)/(b) >= 1.85 on a 2-core machine.
+Rates are steady-state: from the model being ready (a) or the first actor being ready (b, c) to the
+last result; end-to-end rates (model build and actor start included, Ray start excluded) are printed
+beside them. On a machine shared with other work the numbers move with the load: run it when the
+CPUs are quiet, and read the ``load`` line.
+
+    python bench/ray_overhead.py                    # tiny model (or --model small-prior), 32 px
+    python bench/ray_overhead.py --images 48 --steps 20 --size 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+from cluster import io  # noqa: E402
+from cluster.dispatcher import Dispatcher  # noqa: E402
+from cluster.runtime import init_ray, shutdown_ray  # noqa: E402
+
+
+def make_inputs(root: str, n: int, size: int) -> list[str]:
+    g = torch.Generator().manual_seed(0)
+    keys = [f"img{i:04d}.png" for i in range(n)]
+    for k in keys:
+        io.write_bytes(io.join(root, k), io.encode_png(torch.rand(3, size, size, generator=g)))
+    return keys
+
+
+def plain_loop(cfg: dict, keys: list[str]) -> tuple[float, float]:
+    """(steady seconds, end-to-end seconds) of the sampler in a plain loop."""
+    import ddnm.models
+    from ddnm.api import evaluate_observation, sample_batch
+    from ddnm.operators import build as build_operator
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    model = ddnm.models.build(cfg["model"], cfg["checkpoint"], device="cpu")
+    t1 = time.perf_counter()
+    bs = cfg["batch_size"]
+    for i in range(0, len(keys), bs):
+        batch = keys[i:i + bs]
+        x = torch.stack([io.decode_image(io.read_bytes(io.join(cfg["input_url"], k)), k, channels=3)
+                         for k in batch]) * 2 - 1
+        op = build_operator(cfg["task"], x_shape=tuple(x.shape[1:]), **cfg["task_settings"])
+        y = evaluate_observation(op, x, sigma_y=cfg["sigma_y"], seed=cfg["seed"], keys=batch)
+        out = sample_batch(model, op, y, keys=batch, seed=cfg["seed"], steps=cfg["steps"], eta=cfg["eta"],
+                           sigma_y=cfg["sigma_y"], travel=cfg["travel"])
+        for k, img in zip(batch, (out.x.clamp(-1, 1) + 1) / 2, strict=True):
+            io.write_bytes(io.join(cfg["output_url"], "images", k), io.encode_png(img))
+    t2 = time.perf_counter()
+    return t2 - t1, t2 - t0
+
+
+def ray_job(cfg: dict, shards: list[dict], workers: int) -> tuple[float, float]:
+    """(steady seconds, end-to-end seconds) of the job through the dispatcher."""
+    n = sum(len(s["keys"]) for s in shards)
+    got = []
+    d = Dispatcher(cfg, num_workers=workers, gpus_per_worker=0, cpus_per_worker=1)
+    t0 = time.monotonic()
+    d.run(shards, got.append)
+    t2 = time.monotonic()
+    ok = sum(r["status"] == "ok" for s in got for r in s["rows"])
+    if ok != n:
+        raise RuntimeError(f"only {ok} of {n} images restored")
+    return t2 - d.first_ready_at, t2 - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--shard-size", type=int, default=4)
+    p.add_argument("--model", default="tiny")
+    p.add_argument("--checkpoint", default="random", help="'random', a path, or 'none' (bundled weights)")
+    a = p.parse_args()
+    tmp = tempfile.mkdtemp(prefix="ray-overhead-")
+    keys = make_inputs(os.path.join(tmp, "in"), a.images, a.size)
+    cfg = dict(input_url=os.path.join(tmp, "in"), output_url=os.path.join(tmp, "out"), storage_options={},
+               mode="evaluate", task="sr_avgpool", task_settings={"scale": 2}, mask_url=None, model=a.model,
+               checkpoint=None if a.checkpoint == "none" else a.checkpoint, dtype="fp32", steps=a.steps,
+               eta=0.85, sigma_y=0.0, travel=[1, 1, 1], samples=1, batch_size=a.batch_size, seed=0,
+               panels=False, threads=1)
+    shards = [{"shard_id": i, "keys": keys[j:j + a.shard_size], "attempt": 0}
+              for i, j in enumerate(range(0, len(keys), a.shard_size))]
+    print(f"{a.images} images {a.size}x{a.size}, model {a.model}, {a.steps} steps, batch {a.batch_size}, "
+          f"{len(shards)} shards; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start")
+    plain = plain_loop(dict(cfg, output_url=os.path.join(tmp, "out-plain")), keys)
+    init_ray(num_cpus=2, num_gpus=0)
+    try:
+        one = ray_job(dict(cfg, output_url=os.path.join(tmp, "out-1")), shards, 1)
+        two = ray_job(dict(cfg, output_url=os.path.join(tmp, "out-2")), shards, 2)
+    finally:
+        shutdown_ray()
+    rate = {name: (a.images / t[0], a.images / t[1]) for name, t in
+            (("plain", plain), ("ray x1", one), ("ray x2", two))}
+    print(f"{'run':8s} {'images/s steady':>16s} {'images/s end-to-end':>20s}")
+    for name, (steady, e2e) in rate.items():
+        print(f"{name:8s} {steady:16.3f} {e2e:20.3f}")
+    print(f"ray x1 / plain = {rate['ray x1'][0] / rate['plain'][0]:.3f} (target >= 0.95; "
+          f"end-to-end {rate['ray x1'][1] / rate['plain'][1]:.3f})")
+    print(f"ray x2 / ray x1 = {rate['ray x2'][0] / rate['ray x1'][0]:.3f} (target >= 1.85; "
+          f"end-to-end {rate['ray x2'][1] / rate['ray x1'][1]:.3f})")
+    print(f"load {os.getloadavg()[0]:.2f} at the end (other processes on these CPUs skew the figures)")
+
+
+if __name__ == "__main__":
+    main()
