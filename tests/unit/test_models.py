@@ -383,3 +383,70 @@ def test_ddpm_adapter_and_t_on_another_device():
     x, t = _xt()
     with torch.no_grad():
         torch.testing.assert_close(model(x, t.tolist()), net(x, t), rtol=0, atol=0)
+
+
+# --- numbers recorded once from the public reference implementations ------------------------------
+# Produced by openai/guided-diffusion's UNetModel and ermongroup/ddim's Model (run outside this repo,
+# not vendored) with the deterministic weights of `_fill` and the inputs of `_golden_inputs`:
+# out.flatten()[::211][:8] and out.abs().mean(). They pin down everything the key/shape layout does
+# not: legacy per-head q/k/v order, scale-shift norm, resblock up/down, [cos, sin] vs [sin, cos].
+GOLDEN = {
+    "adm_a": ([0.050639, -0.004495, 0.112399, 0.199701, 0.202198, -0.241044, 0.085504, -0.071185], 0.263821),
+    "adm_b": ([0.171168, -0.855484, -0.194774, -0.617266, 0.087919, -0.145975, 0.56377, 0.561186], 0.350006),
+    "ddpm": ([0.927677, 0.305835, -0.247451, 0.283953, 0.484505, -0.579172, 0.483204, -0.18877], 0.373974),
+}
+
+
+def _fill(model: torch.nn.Module) -> torch.nn.Module:
+    state = model.state_dict()
+    new = {}
+    for i, key in enumerate(sorted(state)):
+        n = state[key].numel()
+        values = 0.2 * torch.sin(0.7 * torch.arange(n, dtype=torch.float64) + i)
+        new[key] = values.float().reshape(state[key].shape)
+    model.load_state_dict(new)
+    return model.eval()
+
+
+def _golden_inputs():
+    grid = torch.arange(2 * 3 * 16 * 16, dtype=torch.float64)
+    return torch.sin(0.05 * grid).reshape(2, 3, 16, 16).float(), torch.tensor([10, 500])
+
+
+def test_outputs_match_reference_implementations():
+    from ddnm.models.ddpm import DDPMConfig, DDPMUNet
+
+    small = dict(
+        image_size=16, model_channels=32, num_res_blocks=1, attention_resolutions=(8,), channel_mult=(1, 2)
+    )
+    nets = {
+        "adm_a": _fill(ADMUNet(ADMConfig(**small, num_classes=5, num_head_channels=16))),
+        "adm_b": _fill(
+            ADMUNet(
+                ADMConfig(
+                    **small,
+                    learn_sigma=False,
+                    num_heads=2,
+                    num_head_channels=-1,
+                    use_scale_shift_norm=False,
+                    resblock_updown=False,
+                )
+            )
+        ),  # fmt: skip
+        "ddpm": _fill(
+            DDPMUNet(
+                DDPMConfig(image_size=16, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,))
+            )
+        ),
+    }
+    x, t = _golden_inputs()
+    with torch.no_grad():
+        outs = {
+            "adm_a": nets["adm_a"](x, t, torch.tensor([1, 3])),
+            "adm_b": nets["adm_b"](x, t),
+            "ddpm": nets["ddpm"](x, t),
+        }
+    for name, (values, mean_abs) in GOLDEN.items():
+        out = outs[name]
+        torch.testing.assert_close(out.flatten()[::211][:8], torch.tensor(values), atol=3e-5, rtol=0)
+        assert abs(out.abs().mean().item() - mean_abs) < 3e-6, name
