@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import types
 
 import pytest
 import torch
@@ -450,3 +451,48 @@ def test_outputs_match_reference_implementations():
         out = outs[name]
         torch.testing.assert_close(out.flatten()[::211][:8], torch.tensor(values), atol=3e-5, rtol=0)
         assert abs(out.abs().mean().item() - mean_abs) < 3e-6, name
+
+
+class _FakeUNet2D(torch.nn.Module):
+    """Stands in for diffusers.UNet2DModel (same calling convention) when diffusers is absent."""
+
+    prediction_type = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 3, padding=1)
+        self.config = types.SimpleNamespace(in_channels=3, out_channels=6, sample_size=(24, 24))
+        if self.prediction_type:
+            self.config.prediction_type = self.prediction_type
+
+    @classmethod
+    def from_pretrained(cls, path: str, *, local_files_only: bool = False):
+        assert local_files_only, "must never download"
+        model = cls()
+        model.path = path
+        return model
+
+    def forward(self, x, t):
+        return types.SimpleNamespace(sample=self.conv(x) + t.to(x.dtype)[:, None, None, None])
+
+
+def test_diffusers_adapter_logic_with_a_stand_in(monkeypatch, tmp_path):
+    fake = types.ModuleType("diffusers")
+    fake.UNet2DModel = _FakeUNet2D
+    monkeypatch.setitem(sys.modules, "diffusers", fake)
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text("{}")
+    model = models.build("diffusers", tmp_path, dtype="bf16")  # a pipeline folder: uses unet/
+    assert model.net.path == str(tmp_path / "unet") and model.checkpoint == str(tmp_path / "unet")
+    assert (model.family, model.image_size, model.in_channels) == ("diffusers", 24, 3)
+    x, t = _xt(size=24)
+    eps = model(x, t)
+    assert eps.shape == (3, 3, 24, 24) and eps.dtype == torch.float32
+    with torch.no_grad():
+        expected = model.net(x.bfloat16(), t).sample[:, :3].float()
+    torch.testing.assert_close(eps, expected, rtol=0, atol=0)
+    monkeypatch.setattr(_FakeUNet2D, "prediction_type", "v_prediction")
+    with pytest.raises(ValueError, match="v_prediction"):
+        models.build("diffusers", tmp_path)
+    with pytest.raises(ValueError, match="local folder"):
+        models.build("diffusers", tmp_path / "missing")
