@@ -2,11 +2,12 @@
 
 `StubSampler` has the interface of `cluster.sampling.ShardSampler` and "restores" by returning the
 input (so outputs are checkable); a key containing ``"boom"`` makes any batch holding it raise, as an
-out-of-memory error would. `StubWorker` is a `RestoreWorker` using it.
+out-of-memory error would; ``"die"`` kills the process. `StubWorker` is a `RestoreWorker` using it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -37,6 +38,8 @@ class StubSampler:
         return int(self.config.get("batch_size") or 4)
 
     def run(self, images, keys, masks):
+        if any("die" in k for k in keys):
+            os._exit(1)  # the actor process dies, as when the OOM killer strikes
         if any("boom" in k for k in keys):
             raise RuntimeError("CUDA out of memory (stub)")
         self.calls.append(len(keys))

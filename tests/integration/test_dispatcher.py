@@ -9,6 +9,7 @@ import torch
 
 from cluster import io
 from cluster.dispatcher import Dispatcher, WorkerStartError
+from cluster.worker import RestoreWorker
 from tests.integration._stubs import StubWorker
 
 pytestmark = pytest.mark.integration
@@ -48,8 +49,33 @@ def test_two_gpu_workers_process_every_shard_once(ray_local, tmp_path):
         assert (tmp_path / "out" / "images" / k).is_file()
 
 
-def test_worker_init_failure_is_a_clear_error(ray_local, tmp_path):
-    cfg = _config(tmp_path, task_settings={"scale": 2, "mask": str(tmp_path / "no-such-mask.png")})
-    d = Dispatcher(cfg, num_workers=1, gpus_per_worker=0.5, worker_cls=StubWorker)
-    with pytest.raises(WorkerStartError, match="no-such-mask.png"):
+def test_shard_that_kills_its_workers_comes_back_failed(ray_local, tmp_path):
+    keys = _images(str(tmp_path / "in"), 4)
+    inp = str(tmp_path / "in")
+    io.write_bytes(io.join(inp, "die.png"), io.read_bytes(io.join(inp, keys[0])))
+    shards = [{"shard_id": 0, "keys": keys[:2], "attempt": 0}, {"shard_id": 1, "keys": ["die.png", keys[2]],
+              "attempt": 0}, {"shard_id": 2, "keys": keys[3:], "attempt": 0}]
+    seen = []
+    d = Dispatcher(_config(tmp_path), num_workers=1, gpus_per_worker=1.0, in_flight=1, max_attempts=2,
+                   worker_cls=StubWorker)
+    d.run(shards, seen.append)
+    by_id = {s["shard_id"]: s for s in seen}
+    assert sorted(by_id) == [0, 1, 2] and len(seen) == 3
+    assert all(r["status"] == "ok" for i in (0, 2) for r in by_id[i]["rows"])
+    bad = by_id[1]["rows"]
+    assert [r["key"] for r in bad] == ["die.png", keys[2]] and all(r["status"] == "failed" for r in bad)
+    assert bad[0]["error"].startswith("die.png: shard 1 failed 2 times: worker lost"), bad[0]["error"]
+    assert d.workers_replaced == 2 and d.shards_failed == 1 and d.images_failed == 2
+
+
+@pytest.mark.parametrize("kind", ["mask", "checkpoint"])
+def test_worker_init_failure_is_a_clear_error(ray_local, tmp_path, kind):
+    if kind == "mask":  # the stand-in sampler: the worker's own __init__ fails
+        cfg = _config(tmp_path, task_settings={"scale": 2, "mask": str(tmp_path / "no-such-mask.png")})
+        cls, match = StubWorker, "no-such-mask.png"
+    else:  # the real worker: ddnm.models.build fails
+        cfg = _config(tmp_path, model="adm-256-uncond", checkpoint=str(tmp_path / "missing.pt"))
+        cls, match = RestoreWorker, "missing.pt"
+    d = Dispatcher(cfg, num_workers=1, gpus_per_worker=0.5, worker_cls=cls)
+    with pytest.raises(WorkerStartError, match=match):
         d.run([{"shard_id": 0, "keys": ["a.png"], "attempt": 0}], lambda s: None)
