@@ -71,8 +71,8 @@ def plain_loop(cfg: dict, keys: list[str]) -> tuple[float, float]:
     return t2 - t1, t2 - t0
 
 
-def ray_job(cfg: dict, shards: list[dict], workers: int) -> tuple[float, float]:
-    """(steady seconds, end-to-end seconds) of the job through the dispatcher."""
+def ray_job(cfg: dict, shards: list[dict], workers: int) -> tuple[float, float, float]:
+    """(steady seconds, end-to-end seconds, sampler busy fraction) of the job through the dispatcher."""
     n = sum(len(s["keys"]) for s in shards)
     got = []
     d = Dispatcher(cfg, num_workers=workers, gpus_per_worker=0, cpus_per_worker=1)
@@ -82,7 +82,8 @@ def ray_job(cfg: dict, shards: list[dict], workers: int) -> tuple[float, float]:
     ok = sum(r["status"] == "ok" for s in got for r in s["rows"])
     if ok != n:
         raise RuntimeError(f"only {ok} of {n} images restored")
-    return t2 - d.first_ready_at, t2 - t0
+    busy = sum(s["busy_seconds"] for s in got) / (workers * (t2 - d.first_ready_at))
+    return t2 - d.first_ready_at, t2 - t0, busy
 
 
 def main() -> None:
@@ -122,6 +123,7 @@ def main() -> None:
           f"end-to-end {rate['ray x1'][1] / rate['plain'][1]:.3f})")
     print(f"ray x2 / ray x1 = {rate['ray x2'][0] / rate['ray x1'][0]:.3f} (target >= 1.85; "
           f"end-to-end {rate['ray x2'][1] / rate['ray x1'][1]:.3f})")
+    print(f"time inside the sampler / steady wall time per worker: x1 {one[2]:.1%}, x2 {two[2]:.1%}")
     print(f"load {os.getloadavg()[0]:.2f} at the end (other processes on these CPUs skew the figures)")
 
 

@@ -31,6 +31,10 @@ from ray.exceptions import RayError, RayTaskError
 from cluster.outputs import fail, new_row
 from cluster.worker import RestoreWorker
 
+DEFAULT_WORKER_MEMORY = 2 * 2**30
+"""Host memory reserved per actor when none is given: the model's weights on load, decoded and
+encoded images of two shards, torch and Ray's own worker (about 0.6 GiB with a small model)."""
+
 
 class WorkerStartError(RuntimeError):
     """A restore worker could not be created (its ``__init__`` raised, or none could be placed)."""
@@ -55,7 +59,8 @@ class Dispatcher:
         num_workers: actors to keep alive.
         gpus_per_worker: GPUs per actor, fractional allowed (0 for CPU-only actors).
         cpus_per_worker: CPUs reserved per actor (decoding and encoding run there too).
-        memory: bytes of memory reserved per actor (Ray's ``memory`` resource), or None.
+        memory: bytes of memory reserved per actor (Ray's ``memory`` resource, a scheduling hint);
+            None reserves `DEFAULT_WORKER_MEMORY`, 0 reserves nothing.
         in_flight: shards queued per actor (2: the next one is decoded while the current one samples).
         max_attempts: actors a shard may be tried on before it is given up as failed.
         worker_cls: the actor class (a `RestoreWorker` subclass; tests use stand-ins).
@@ -86,6 +91,10 @@ class Dispatcher:
         self.start_timeout = start_timeout
         options = {"num_gpus": gpus_per_worker, "num_cpus": cpus_per_worker, "max_concurrency": 2,
                    "max_restarts": 0, "max_task_retries": 0}
+        if memory is None:
+            memory = DEFAULT_WORKER_MEMORY
+        if memory < 0:
+            raise ValueError(f"memory must be >= 0 bytes, got {memory!r}")
         if memory:
             options["memory"] = int(memory)
         self._actor_cls = ray.remote(worker_cls).options(**options)
