@@ -381,3 +381,13 @@ def test_tasks_json_lists_every_task():
     assert sr["settings"]["scale"] == {"default": 4, "type": "int", "help": sr["settings"]["scale"]["help"]}
     assert sr["has_svd"] and sr["restore_from_image"]
     assert not next(r for r in rows if r["name"] == "cs_walsh")["restore_from_image"]
+
+
+def test_operators_import_no_infrastructure():
+    import subprocess
+    import sys
+
+    code = ("import sys, ddnm.operators; bad = {'ray', 'fsspec', 'pyarrow', 's3fs', 'yaml', 'pandas'} & "
+            "{m.split('.')[0] for m in sys.modules}; print(sorted(bad))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
