@@ -347,6 +347,60 @@ def test_credentials_come_only_from_the_platform():
     assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key", launcher, re.I)
 
 
+def test_checkpoints_are_mounted_or_fetched_at_start_never_baked():
+    """Every job's local --checkpoint is provided in each GPU worker by a volume: a read-only PVC, or an
+    emptyDir that an init container fills from object storage."""
+    jobs = [(w, o["spec"]) for w, o in _by_kind("RayJob")]
+    assert jobs
+    for where, job in jobs:
+        argv = shlex.split(job["entrypoint"])
+        ckpt = argv[argv.index("--checkpoint") + 1]
+        assert ckpt.startswith("/models/"), f"{where}: the checkpoint is a file under /models"
+        for g in job["rayClusterSpec"]["workerGroupSpecs"]:
+            _assert_provides(g["template"]["spec"], ckpt, f"{where}/{g['groupName']}")
+    # the long-lived cluster mounts a read-only volume at /models for the same use
+    spec = _one("RayCluster")["spec"]
+    for g in spec["workerGroupSpecs"]:
+        pod = g["template"]["spec"]
+        mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+        assert mounts["/models"].get("readOnly") is True
+        vol = next(v for v in pod["volumes"] if v["name"] == mounts["/models"]["name"])
+        assert "persistentVolumeClaim" in vol
+
+
+def _assert_provides(pod: dict, ckpt: str, where: str) -> None:
+    folder = str(Path(ckpt).parent)
+    mounts = {m["mountPath"]: m for m in pod["containers"][0].get("volumeMounts", [])}
+    assert folder in mounts, f"{where}: nothing mounted at {folder}"
+    assert mounts[folder].get("readOnly") is True, f"{where}: the worker mounts checkpoints read-only"
+    vol = next(v for v in pod["volumes"] if v["name"] == mounts[folder]["name"])
+    if "persistentVolumeClaim" in vol:
+        return
+    assert "emptyDir" in vol, f"{where}: checkpoints come from a PVC or a fetched emptyDir"
+    fetchers = [c for c in pod.get("initContainers", [])
+                if any(m["name"] == vol["name"] for m in c.get("volumeMounts", []))]
+    assert len(fetchers) == 1, f"{where}: one init container fills {folder}"
+    src, dst = fetchers[0]["args"]
+    assert dst == ckpt and re.match(r"^(s3|gs)://", src), f"{where}: fetch {src} -> {dst}"
+
+
+def test_the_checkpoint_fetch_command_really_copies(tmp_path):
+    """Run the init container's command here, on a file:// URL instead of s3:// (fsspec either way)."""
+    import subprocess
+    import sys
+
+    job = _one("RayJob", "ddnm-eval-imagenet-sr4")["spec"]
+    (fetch,) = job["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["initContainers"]
+    assert fetch["command"][0] == "python"
+    src = tmp_path / "bucket" / "ckpt.pt"
+    src.parent.mkdir()
+    src.write_bytes(bytes(range(256)) * 1000)
+    dst = tmp_path / "models" / "ckpt.pt"
+    dst.parent.mkdir()
+    subprocess.run([sys.executable, *fetch["command"][1:], src.as_uri(), str(dst)], check=True, timeout=120)
+    assert dst.read_bytes() == src.read_bytes()
+
+
 # -------------------------------------------------------------------- images, commands and flags
 
 def _ray_version() -> str:
