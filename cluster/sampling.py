@@ -89,7 +89,9 @@ class ShardSampler:
             info = TASKS.get(self.config["task"])
             if info is not None:
                 info.validate(x_shape, **self.settings)
-        except (ValueError, NotImplementedError) as e:
+        except NotImplementedError as e:
+            return str(e)
+        except ValueError as e:
             return f"size {w}x{h} does not fit the task {self.config['task']}: {e}"
         return None
 

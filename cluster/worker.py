@@ -75,6 +75,7 @@ class RestoreWorker:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="ddnm-io")
         self._shared_mask = self._load_shared_mask()
+        self._batch_sizes: dict[tuple, int] = {}
 
     def _make_sampler(self):
         """The accelerator side (`cluster.sampling.ShardSampler`); tests may swap in a stand-in."""
@@ -140,7 +141,7 @@ class RestoreWorker:
                 rows[i]["in_height"], rows[i]["in_width"] = item.image.shape[1:]
                 group = groups.setdefault(tuple(item.image.shape), [])
                 group.append(item)
-                if len(group) >= self.sampler.batch_size(group[0].image.shape):
+                if len(group) >= self._batch_size(tuple(item.image.shape)):
                     out.put(groups.pop(tuple(item.image.shape)))
             for group in groups.values():
                 out.put(group)
@@ -150,6 +151,14 @@ class RestoreWorker:
                     fail(r, f"reader failed: {type(e).__name__}: {e}")
         finally:
             out.put(_DONE)
+
+    def _batch_size(self, shape: tuple) -> int:
+        """The sampler's batch size for inputs of `shape`; the first automatic estimate per shape runs
+        the model, so it takes the sampler lock."""
+        if shape not in self._batch_sizes:
+            with self._lock:
+                self._batch_sizes[shape] = self.sampler.batch_size(shape)
+        return self._batch_sizes[shape]
 
     def _batch_cap(self) -> int:
         return int(self.config.get("batch_size") or CPU_BATCH_SIZE)
