@@ -82,7 +82,7 @@ REGISTRY: dict[str, ModelInfo] = {
             family="ddpm",
             image_size=256,
             description="DDPM 'simple' UNet, CelebA-HQ 256 of SDEdit / DDIM (celeba_hq.ckpt); "
-            "the LSUN 256 checkpoints share this architecture",
+            "the LSUN bedroom and church 256 checkpoints share this architecture",
             config=DDPMConfig(),
         ),
         ModelInfo(
