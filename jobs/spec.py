@@ -194,6 +194,16 @@ class JobSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _travel_fits_steps(self) -> JobSpec:
+        from ddnm.sampling import travel_steps
+        try:
+            travel_steps(self.steps, 1000, *self.travel)
+        except ValueError as exc:
+            travel = ",".join(map(str, self.travel))
+            raise SpecError(f"travel={travel} with steps={self.steps}: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _settings(self) -> JobSpec:
         known = task_settings(self.task)
         if known is None:  # a custom operator that declares no settings: take them as given
@@ -315,7 +325,7 @@ def _describe(exc: ValidationError) -> str:
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "spec"
         msg = err["msg"].removeprefix("Value error, ")
-        if not err["loc"] or msg.startswith((f"{field}=", "--set ")):
+        if not err["loc"] or msg.startswith((f"{field}=", "--set ", "travel=")):
             parts.append(msg)
         elif err["type"] == "missing":
             flag = "--" + field.replace("_", "-")

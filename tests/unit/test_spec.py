@@ -103,6 +103,8 @@ def test_travel():
         build(travel="5,5")
     with pytest.raises(SpecError, match=r"travel='a,b,c'"):
         build(travel="a,b,c")
+    with pytest.raises(SpecError, match=r"travel=5,5,2 with steps=4: .*L=5"):
+        build(travel="5,5,2", steps=4)
 
 
 def test_assignments():

@@ -1,0 +1,94 @@
+"""Jobs on local folders through the CLI's main() on the shared local Ray, with the tiny model (16 px):
+a csv manifest with panels and two samples per image, restore mode from low-res inputs, a dry run."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from jobs.cli import main
+from jobs.progress import Progress
+
+pytestmark = pytest.mark.integration
+
+TINY = ["--model", "tiny", "--checkpoint", "random", "--steps", "2"]
+
+
+def save_png(path, size, seed, mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    shape = (4, 4, 3) if mode == "RGB" else (4, 4)
+    small = Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode)
+    small.resize((size, size), Image.BILINEAR).save(path)
+
+
+def test_manifest_panels_and_samples(tmp_path, ray_local):
+    src = tmp_path / "photos"
+    keys = ["a.png", "b.png", "nested/c.png", "nested/d.png"]
+    for i, key in enumerate([*keys, "not-listed.png"]):
+        save_png(src / key, 16, i)
+    manifest = src / "list.csv"
+    manifest.write_text("key,label\n" + "".join(f"{k},x\n" for k in keys))
+    out = tmp_path / "out"
+    code = main(["run", "--input", str(manifest), "--output", str(out), "--task", "colorize", *TINY,
+                 "--samples", "2", "--panels", "--workers", "1", "--gpus-per-worker", "1",
+                 "--shard-size", "3"])
+    assert code == 0
+    for key in keys:
+        stem = key.removesuffix(".png")
+        for part in ("images", "panels", "std"):
+            assert (out / part / f"{stem}.png").is_file(), (part, key)
+        assert Image.open(out / "images" / f"{stem}.png").size == (16, 16)
+    assert not (out / "images" / "not-listed.png").exists()
+    metrics = out / "metrics.parquet"
+    import duckdb
+    import polars as pl
+
+    df = pd.read_parquet(metrics)
+    assert sorted(df["key"]) == keys and (df["status"] == "ok").all() and (df["samples"] == 2).all()
+    assert pl.read_parquet(metrics).height == 4
+    rows = duckdb.sql(f"select count(*), count(*) filter (where status = 'ok') from '{metrics}'").fetchall()
+    assert [tuple(int(v) for v in r) for r in rows] == [(4, 4)]
+
+
+def test_restore_mode_from_low_res(tmp_path, ray_local):
+    src = tmp_path / "lowres"
+    for i in range(3):
+        save_png(src / f"lr{i}.png", 4, i)
+    out = tmp_path / "out"
+    code = main(["run", "--input", str(src), "--output", str(out), "--task", "sr_avgpool", "--set", "scale=4",
+                 "--mode", "restore", *TINY, "--workers", "1", "--gpus-per-worker", "1"])
+    assert code == 0
+    df = pd.read_parquet(out / "metrics.parquet")
+    assert len(df) == 3 and (df["status"] == "ok").all()
+    assert df["psnr"].isna().all() and df["consistency"].notna().all()
+    assert (df["in_height"] == 4).all() and (df["out_height"] == 16).all()
+    img = Image.open(io.BytesIO((out / "images" / "lr0.png").read_bytes()))
+    assert img.size == (16, 16)
+
+
+def test_dry_run_prints_plan_and_runs_nothing(tmp_path, capsys):
+    src = tmp_path / "in"
+    for i in range(5):
+        save_png(src / f"p{i}.png", 16, i)
+    out = tmp_path / "out"
+    code = main(["run", "--input", str(src), "--output", str(out), "--task", "sr_avgpool", *TINY,
+                 "--steps", "10", "--travel", "2,2,2", "--shard-size", "2", "--workers", "3", "--dry-run"])
+    text = capsys.readouterr().out
+    assert code == 0 and not out.exists()
+    assert "images:     5 in 3 shards" in text and "workers:    3" in text
+    assert "model calls per image: " in text and "runs 3 shards (5 images)" in text
+
+
+def test_progress_plain_lines(tmp_path):
+    stream = io.StringIO()
+    p = Progress(10, done=2, stream=stream, interval=0.0, tty=False)
+    p.update(3, 1)
+    p.close()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[ddnm-batch] 6/10 images (1 failed)") and "img/s" in lines[0]
+    assert "ETA" in lines[-1]
