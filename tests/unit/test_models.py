@@ -229,6 +229,10 @@ def test_float64_and_low_precision():
     out = bf(x, t)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert (out - ref).abs().max() < 0.1 * ref.abs().max()
+    assert not torch.equal(out, ref)  # really computed in low precision
+    half = models.build("tiny", dtype=torch.float16)
+    assert half.net.middle_block[1].qkv.weight.dtype == torch.float16
+    assert (half(x, t) - ref).abs().max() < 0.02 * ref.abs().max()
 
 
 def test_channels_last_matches():
