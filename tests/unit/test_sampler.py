@@ -232,3 +232,66 @@ def test_image_generator_is_keyed():
     assert torch.equal(a, torch.randn(4, generator=image_generator(0, "x")))
     assert not torch.equal(a, torch.randn(4, generator=image_generator(0, "x", "cpu", 1)))
     assert not math.isclose(a[0].item(), torch.randn(4, generator=image_generator(1, "x"))[0].item())
+
+
+# ---------------------------------------------------------------- every registered operator, tiny ADM
+@pytest.fixture(scope="module")
+def tiny64():
+    from ddnm.models import build
+
+    return build("tiny", dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def tiny32():
+    from ddnm.models import build
+
+    return build("tiny")
+
+
+def _registered():
+    from ddnm.operators import TASKS
+
+    return sorted(TASKS)
+
+
+SMALL = {"cs_block": {"block": 8}}  # settings that fit 16 x 16 images
+
+
+def _op(task, dtype):
+    from ddnm.operators import build
+
+    return build(task, x_shape=(3, 16, 16), dtype=dtype, **SMALL.get(task, {}))
+
+
+@pytest.mark.parametrize("task", _registered())
+def test_every_registered_operator_is_consistent(task, tiny64, record_property):
+    """Noiseless DDNM: ||A x - y|| <= 1e-5 in float64 on the unclamped output (the clamped one is
+    recorded, not asserted: clamping to [-1, 1] may leave the range of consistent images)."""
+    from ddnm.metrics import consistency
+
+    op = _op(task, torch.float64)
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64) * 2 - 1
+    y = op.A(x)
+    out = ddnm_sample(tiny64, y, op, ABAR, steps=3, generators=gens(["a", "b"]))
+    err = consistency(op, out.x, y)
+    clamped = consistency(op, out.x.clamp(-1, 1), y)
+    record_property("consistency_clamped", clamped.tolist())
+    print(f"{task}: consistency {err.max().item():.2e}, clamped {clamped.max().item():.2e}")
+    assert torch.all(err <= 1e-5), err
+
+
+@pytest.mark.parametrize("task", _registered())
+def test_ddnm_plus_runs_for_every_registered_operator(task, tiny32):
+    """DDNM+ for every operator (the reference lacks it for some, its issue #82): finite, and it differs
+    from noiseless DDNM on noisy y."""
+    op = _op(task, torch.float32)
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    y = op.A(x)
+    y = y + 0.1 * torch.randn(y.shape, generator=g)
+    plain = ddnm_sample(tiny32, y, op, ABAR, steps=3, generators=gens(["a", "b"])).x
+    plus = ddnm_sample(tiny32, y, op, ABAR, steps=3, sigma_y=0.1, generators=gens(["a", "b"])).x
+    assert torch.isfinite(plus).all()
+    assert (plus - plain).abs().max() > 1e-3
