@@ -500,3 +500,16 @@ def test_diffusers_adapter_logic_with_a_stand_in(monkeypatch, tmp_path):
         models.build("diffusers", tmp_path)
     with pytest.raises(ValueError, match="local folder"):
         models.build("diffusers", tmp_path / "missing")
+
+
+def test_zero_init_makes_a_zero_output_and_keeps_the_rest():
+    from ddnm.models.adm import zero_init_
+
+    model = _tiny_adm()
+    before = model.input_blocks[0][0].weight.clone()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    assert model(x, t).abs().max() > 0
+    zero_init_(model)
+    assert torch.equal(model(x, t), torch.zeros(2, 6, 16, 16))
+    assert torch.equal(model.input_blocks[0][0].weight, before)
+    assert model.middle_block[1].proj_out.weight.abs().max() == 0
