@@ -140,3 +140,15 @@ def test_public_dict_redacts_secrets():
 def test_custom_operator_dotted_path():
     with pytest.raises(SpecError, match=r"task='nosuchpkg\.mod:Op'.*cannot import"):
         build(task="nosuchpkg.mod:Op")
+
+
+def test_example_job_files_are_valid():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+    assert len(examples) >= 3
+    for path in examples:
+        spec = JobSpec.build(path)
+        assert spec.to_worker_config()["input_url"] == spec.input, path
+    s3 = JobSpec.build(examples[[p.name for p in examples].index("s3-eval.yaml")])
+    assert s3.task == "sr_bicubic" and s3.settings == {"scale": 4} and s3.input.startswith("s3://")
