@@ -6,7 +6,9 @@ real credentials of whoever runs the tests are never used. `s3_server` also expo
 and `ray_local` starts after it for the same reason.
 
 Tests that need a Ray of their own (ray.cluster_utils.Cluster in test_faults.py) call
-`ray.shutdown()` first; `ray_local` re-initialises lazily, so the order of modules does not matter.
+`ray.shutdown()` first; `ray_local` re-initialises lazily, so the order of modules does not matter
+for correctness. They are still moved to the end of the run (`pytest_collection_modifyitems`), so the
+shared Ray starts once.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ _DUMMY_AWS = {
 os.environ.update(_DUMMY_AWS)
 os.environ.pop("AWS_PROFILE", None)
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray on 127.0.0.1 only (REFERENCE.md 6)
+
+
+OWN_RAY_FIXTURES = ("three_node_cluster",)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the tests that replace the shared Ray with their own cluster last (stable order otherwise)."""
+    items.sort(key=lambda item: any(f in getattr(item, "fixturenames", ()) for f in OWN_RAY_FIXTURES))
 
 
 def free_port() -> int:
