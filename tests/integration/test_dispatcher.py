@@ -9,7 +9,6 @@ import torch
 
 from cluster import io
 from cluster.dispatcher import Dispatcher, WorkerStartError
-from cluster.worker import RestoreWorker
 from tests.integration._stubs import StubWorker
 
 pytestmark = pytest.mark.integration
@@ -68,14 +67,14 @@ def test_shard_that_kills_its_workers_comes_back_failed(ray_local, tmp_path):
     assert d.workers_replaced == 2 and d.shards_failed == 1 and d.images_failed == 2
 
 
-@pytest.mark.parametrize("kind", ["mask", "checkpoint"])
-def test_worker_init_failure_is_a_clear_error(ray_local, tmp_path, kind):
-    if kind == "mask":  # the stand-in sampler: the worker's own __init__ fails
-        cfg = _config(tmp_path, task_settings={"scale": 2, "mask": str(tmp_path / "no-such-mask.png")})
-        cls, match = StubWorker, "no-such-mask.png"
-    else:  # the real worker: ddnm.models.build fails
-        cfg = _config(tmp_path, model="adm-256-uncond", checkpoint=str(tmp_path / "missing.pt"))
-        cls, match = RestoreWorker, "missing.pt"
-    d = Dispatcher(cfg, num_workers=1, gpus_per_worker=0.5, worker_cls=cls)
-    with pytest.raises(WorkerStartError, match=match):
+def test_worker_init_failure_is_a_clear_error(ray_local, tmp_path):
+    cfg = _config(tmp_path, model="adm-256-uncond", checkpoint=str(tmp_path / "missing.pt"))
+    d = Dispatcher(cfg, num_workers=1, gpus_per_worker=0.5)
+    with pytest.raises(WorkerStartError, match="could not start a restore worker: .*missing.pt"):
         d.run([{"shard_id": 0, "keys": ["a.png"], "attempt": 0}], lambda s: None)
+
+
+def test_missing_mask_file_fails_the_worker_init(tmp_path):
+    cfg = _config(tmp_path, task_settings={"scale": 2, "mask": str(tmp_path / "no-such-mask.png")})
+    with pytest.raises(ValueError, match="task_settings.mask: no such file .*no-such-mask.png"):
+        StubWorker(cfg)
