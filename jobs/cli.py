@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tasks", default="sr_bicubic,colorize,inpaint", help="comma-separated")
     d.add_argument("--model", default="small-prior")
     d.add_argument("--checkpoint", default=None)
-    d.add_argument("--steps", type=int, default=25)
+    d.add_argument("--steps", type=int, default=20)
     d.add_argument("--workers", type=int, default=None)
     d.add_argument("--input", default=str(ASSETS / "samples"))
 
@@ -192,7 +192,10 @@ def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
 
         from cluster.dispatcher import Dispatcher, WorkerStartError
         try:
-            Dispatcher(prepared.config, num_workers=workers, gpus_per_worker=gpw,
+            # two shards queued per worker overlap reading with sampling; with fewer shards than
+            # that, one each, so that every worker gets one
+            in_flight = 2 if len(prepared.pending) >= 2 * workers else 1
+            Dispatcher(prepared.config, num_workers=workers, gpus_per_worker=gpw, in_flight=in_flight,
                        cpus_per_worker=spec.cpus_per_worker).run(prepared.pending, on_result)
         except WorkerStartError as exc:
             raise JobError(str(exc)) from None
@@ -248,7 +251,7 @@ def demo(args: argparse.Namespace) -> int:
             flags = {"input": args.input, "output": os.path.join(args.output, task), "task": task,
                      "settings": settings, "mode": "evaluate", "model": args.model,
                      "checkpoint": args.checkpoint, "steps": args.steps, "workers": workers,
-                     "shard_size": 4, "panels": True, "overwrite": True}
+                     "shard_size": 1, "panels": True, "overwrite": True}
             spec = JobSpec.build(**flags)
             _log(f"demo: {task} -> {spec.output}")
             codes.append(run_job(spec))

@@ -20,6 +20,7 @@ class Progress:
         self.total, self.start_done, self.done, self.failed = total, done, done, 0
         self.interval = interval
         self.t0 = self._last = time.monotonic()
+        self._printed: tuple[int, int] | None = None
         self.bar = None
         use_tty = self.stream.isatty() if tty is None else tty
         if use_tty:
@@ -47,10 +48,14 @@ class Progress:
             self.bar.set_postfix(failed=self.failed)
         elif time.monotonic() - self._last >= self.interval:
             self._last = time.monotonic()
-            print(self.line(), file=self.stream, flush=True)
+            self._print()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        else:
-            print(self.line(), file=self.stream, flush=True)
+        elif self._printed != (self.done, self.failed):
+            self._print()
+
+    def _print(self) -> None:
+        self._printed = (self.done, self.failed)
+        print(self.line(), file=self.stream, flush=True)
