@@ -110,41 +110,7 @@ def report_many(outputs: list[str], options: dict[str, Any]) -> None:
 
 
 def list_registry(kind: str, *, as_json: bool = False) -> int:
-    """`tasks` / `models`: the ddnm registries, as a table or JSON."""
-    if kind == "tasks":
-        from ddnm.operators import TASKS
-        data = {name: {"description": getattr(info, "description", ""),
-                       "settings": {k: _setting(v) for k, v in info.settings.items()}}
-                for name, info in sorted(TASKS.items())}
-        if as_json:
-            print(json.dumps(data, indent=2))
-        else:
-            for name, d in data.items():
-                sets = ", ".join(f"{k}={s['default']!r}" for k, s in d["settings"].items())
-                print(f"{name:<16} {d['description']}" + (f"  [--set {sets}]" if sets else ""))
-        return EXIT_OK
-    from ddnm.models import REGISTRY
-    data = {name: {"params": getattr(info, "params", None), "image_size": getattr(info, "image_size", None),
-                   "description": getattr(info, "description", "")}
-            for name, info in sorted(REGISTRY.items())}
-    if as_json:
-        print(json.dumps(data, indent=2))
-    else:
-        for name, d in data.items():
-            size, params = str(d["image_size"]), str(d["params"])
-            print(f"{name:<20} {size:>5} px {params:>12} params  {d['description']}")
-    return EXIT_OK
+    """`tasks` / `models`: delegated to ``python -m ddnm`` (one source for both commands)."""
+    from ddnm.__main__ import main as ddnm_main
 
-
-def _setting(value: tuple) -> dict[str, Any]:
-    default, kind, *rest = value
-    return {"default": _jsonable(default), "type": getattr(kind, "__name__", str(kind)),
-            "help": rest[0] if rest else ""}
-
-
-def _jsonable(v: Any) -> Any:
-    try:
-        json.dumps(v)
-        return v
-    except TypeError:
-        return repr(v)
+    return ddnm_main([kind, "--json"] if as_json else [kind])

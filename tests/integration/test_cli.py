@@ -26,11 +26,11 @@ def cli(*args: str, **kw) -> subprocess.CompletedProcess:
 
 def test_tasks_and_models_json(capsys):
     assert main(["tasks", "--json"]) == 0
-    tasks = json.loads(capsys.readouterr().out)
+    tasks = {t["name"]: t for t in json.loads(capsys.readouterr().out)}
     assert {"sr_bicubic", "colorize", "inpaint", "deblur_gauss", "cs_walsh", "old_photo"} <= set(tasks)
     assert tasks["sr_bicubic"]["settings"]["scale"]["type"] == "int"
     assert main(["models", "--json"]) == 0
-    models = json.loads(capsys.readouterr().out)
+    models = {m["name"]: m for m in json.loads(capsys.readouterr().out)}
     assert models["tiny"]["image_size"] == 16 and "adm-256-uncond" in models
 
 
