@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import io
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -101,7 +102,8 @@ def read_table(url: str, options: dict[str, Any]) -> pa.Table:
 def read_committed(output: str, options: dict[str, Any], shard_ids: set[int] | None = None) -> pa.Table:
     """The committed shards' rows, each key once (latest attempt, then latest shard, wins)."""
     ids = sorted(plan_mod.committed_ids(output, options) if shard_ids is None else shard_ids)
-    tables = [read_table(shard_url(output, i), options) for i in ids]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # one GET each: latency-bound on object stores
+        tables = list(pool.map(lambda i: read_table(shard_url(output, i), options), ids))
     if not tables:
         return SCHEMA.empty_table()
     return dedupe(pa.concat_tables(tables))

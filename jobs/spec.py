@@ -126,6 +126,19 @@ def parse_travel(value: Any) -> tuple[int, int, int]:
     return out  # type: ignore[return-value]
 
 
+def _absolute(url: str) -> str:
+    """Local paths become absolute (Ray workers do not share the driver's working directory);
+    URLs with a protocol, and 'random', stay as they are."""
+    if "://" in url or url == "random":
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def _looks_like_file(value: str) -> bool:
+    """A mask setting that names a file or folder rather than a built-in ('random', 'center', ...)."""
+    return "://" in value or "/" in value or "." in value
+
+
 def _is_s3(url: str | None) -> bool:
     return bool(url) and url.startswith(("s3://", "s3a://"))
 
@@ -172,7 +185,12 @@ class JobSpec(BaseModel):
     def _url(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("must not be empty")
-        return value.strip()
+        return _absolute(value.strip())
+
+    @field_validator("mask_url", "checkpoint")
+    @classmethod
+    def _optional_url(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute(value)
 
     @field_validator("task")
     @classmethod
@@ -214,6 +232,8 @@ class JobSpec(BaseModel):
                 raise SpecError(f"--set {key}={value!r}: task {self.task!r} has no setting {key!r}; "
                                 f"its settings: {', '.join(sorted(known)) or '(none)'}")
             typed[key] = convert_value(value, known[key][1], field=f"--set {key}")
+            if key == "mask" and isinstance(typed[key], str) and _looks_like_file(typed[key]):
+                typed[key] = _absolute(typed[key])
         object.__setattr__(self, "settings", typed)
         return self
 

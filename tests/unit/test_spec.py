@@ -152,3 +152,12 @@ def test_example_job_files_are_valid():
         assert spec.to_worker_config()["input_url"] == spec.input, path
     s3 = JobSpec.build(examples[[p.name for p in examples].index("s3-eval.yaml")])
     assert s3.task == "sr_bicubic" and s3.settings == {"scale": 4} and s3.input.startswith("s3://")
+
+
+def test_local_paths_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = build(input="photos", output="out/", task="inpaint", set=["mask=masks/m.png"])
+    assert spec.input == str(tmp_path / "photos") and spec.output == str(tmp_path / "out")
+    assert spec.settings["mask"] == str(tmp_path / "masks" / "m.png") and spec.checkpoint == "random"
+    assert build(task="inpaint", set=["mask=center"]).settings["mask"] == "center"
+    assert build(input="s3://b/x").input == "s3://b/x"
