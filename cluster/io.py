@@ -75,12 +75,18 @@ def _is_local(fs) -> bool:
 
 
 def _with_retries(url: str, fn, attempts: int = 3):
-    """Run `fn`; storage failures other than a missing file are retried with a short backoff."""
+    """Run `fn`; transient storage failures are retried with a short backoff.
+
+    A missing object raises FileNotFoundError at once; permission and path-shape errors become a
+    StorageError at once (retrying cannot fix them); anything else is retried, then a StorageError.
+    """
     for i in range(attempts):
         try:
             return fn()
-        except (FileNotFoundError, IsADirectoryError, BadInput):
+        except (FileNotFoundError, BadInput):
             raise
+        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+            raise StorageError(url, f"{type(e).__name__}: {e}") from e
         except Exception as e:  # botocore / aiohttp / OSError: all storage-side
             if i == attempts - 1:
                 raise StorageError(url, f"{type(e).__name__}: {e}") from e
