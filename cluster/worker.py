@@ -252,8 +252,8 @@ class RestoreWorker:
         urls = output_urls(cfg["output_url"], item.key)
         io.write_bytes(urls["images"], io.encode_png(res.restored), so)
         h, w = res.restored.shape[1:]
-        if cfg.get("panels"):
-            tiles = [res.observation_view, res.restored]
+        if cfg.get("panels"):  # evaluate: observation | restored | ground truth (= the input);
+            tiles = [res.observation_view, res.restored]  # restore: input | observation | restored
             if cfg["mode"] == "evaluate":
                 tiles.append(item.image)
             else:
