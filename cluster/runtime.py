@@ -5,8 +5,8 @@ port and no dashboard is reachable from another machine. Ray binds to the machin
 default on Linux; `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` makes it resolve its node address to
 127.0.0.1 (REFERENCE.md section 6). With an address (``"ray://..."``, ``"host:port"`` or ``"auto"``)
 the driver joins that cluster instead; Ray 2.60 clusters use token authentication by default, so the
-token must be available to the driver the same way as for ``ray job submit`` (``RAY_AUTH_TOKEN`` or
-the token file on the head node), and nothing here creates or prints one.
+driver needs the cluster's token as any Ray client does (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``
+or ``~/.ray/auth_token``); nothing here creates, reads or prints one.
 """
 
 from __future__ import annotations
