@@ -151,11 +151,14 @@ class Dispatcher:
         return _Slot(actor=actor, ready_ref=actor.ready.remote())
 
     def _assign(self, pending: collections.deque) -> None:
-        """Fill every live actor up to `in_flight` shards, least loaded first."""
-        for slot in sorted((s for s in self.slots if s.ready), key=lambda s: len(s.inflight)):
-            while pending and len(slot.inflight) < self.in_flight:
-                shard = pending.popleft()
-                slot.inflight[slot.actor.restore_shard.remote(shard)] = shard
+        """Give shards one at a time to the least-loaded live actor, up to `in_flight` each."""
+        while pending:
+            open_slots = [s for s in self.slots if s.ready and len(s.inflight) < self.in_flight]
+            if not open_slots:
+                return
+            slot = min(open_slots, key=lambda s: len(s.inflight))
+            shard = pending.popleft()
+            slot.inflight[slot.actor.restore_shard.remote(shard)] = shard
 
     def _on_ready(self, slot: _Slot) -> None:
         try:
