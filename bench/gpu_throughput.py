@@ -228,7 +228,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", default="adm-256-uncond,ddpm-celebahq-256")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batches", default="1,4,8,16,32")
-    p.add_argument("--compile-batches", default="16,32", help="also compiled ('' = none)")
+    p.add_argument("--compile-batches", default="32", help="also compiled ('' = none)")
     p.add_argument("--ref-images", type=int, default=2, help="images timed in the reference-style loop")
     p.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 peak (H200: 790)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
