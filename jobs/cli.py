@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as exc:
         print(f"ddnm-batch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except OSError as exc:  # cluster.io.StorageError and friends while the job ran
+        print(f"ddnm-batch: error: storage failed ({exc}); committed shards are kept, run again to resume",
+              file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("ddnm-batch: interrupted; committed shards are kept, run again to resume", file=sys.stderr)
         return 130

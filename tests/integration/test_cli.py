@@ -75,7 +75,7 @@ def test_demo(tmp_path, ray_local, capsys):
     prior's weights exist, the same code path runs on generated 16 px images with the tiny model."""
     out = tmp_path / "demo-out"
     if _bundled_demo_ready():
-        argv = ["demo", "--output", str(out), "--steps", "5"]
+        argv = ["demo", "--output", str(out), "--steps", "5", "--workers", "1"]
     else:
         src = tmp_path / "samples"
         src.mkdir()
@@ -83,7 +83,7 @@ def test_demo(tmp_path, ray_local, capsys):
             rng = np.random.default_rng(i)
             Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(src / f"s{i}.png")
         argv = ["demo", "--output", str(out), "--input", str(src), "--model", "tiny", "--checkpoint",
-                "random", "--steps", "2"]
+                "random", "--steps", "2", "--workers", "1"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for task in ("sr_bicubic", "colorize", "inpaint"):
