@@ -90,3 +90,16 @@ def test_bad_inputs_name_the_field(tiny):
         to_tensor(torch.full((1, 3, 4, 4), 2.0))
     with pytest.raises(ValueError, match="unknown task"):
         ddnm.restore(_images(), "nope", tiny, steps=1)
+
+
+def test_python_m_ddnm_lists_tasks_and_models(capsys):
+    import json
+
+    from ddnm.__main__ import main
+
+    assert main(["tasks", "--json"]) == 0
+    tasks = json.loads(capsys.readouterr().out)
+    assert {"sr_bicubic", "inpaint", "colorize"} <= {t["name"] for t in tasks}
+    assert main(["models", "--json"]) == 0
+    assert "tiny" in {m["name"] for m in json.loads(capsys.readouterr().out)}
+    assert main(["tasks"]) == 0 and "sr_bicubic" in capsys.readouterr().out
