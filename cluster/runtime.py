@@ -16,9 +16,11 @@ import os
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def _force_loopback() -> None:
-    """Make Ray pick 127.0.0.1 as this node's address, also when ray was imported already."""
+def local_cluster_env() -> None:
+    """Environment for Ray processes started from here: node address 127.0.0.1 (also when ray was
+    imported already), and a GCS connect timeout that survives a loaded machine (Ray's is 5 s)."""
     os.environ[_LOOPBACK_ENV] = "0"
+    os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "30")
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
@@ -57,9 +59,7 @@ def init_ray(
             why = f"{type(e).__name__}: {e}"
             raise RuntimeError(f"could not join the Ray cluster at {address!r}: {why}") from e
         return
-    _force_loopback()
-    # on a loaded machine the GCS can take longer than Ray's 5 s to answer its first connection
-    os.environ.setdefault("RAY_gcs_rpc_server_connect_timeout_s", "30")
+    local_cluster_env()
     kwargs: dict = {"_system_config": system_config} if system_config else {}
     for attempt in range(2):
         try:

@@ -77,14 +77,21 @@ def three_node_cluster():
     """Head (no GPU) + 2 worker nodes with 1 CPU and 1 logical GPU each; fast node-death detection."""
     from ray.cluster_utils import Cluster
 
-    from cluster.runtime import _force_loopback
+    from cluster.runtime import local_cluster_env
 
     shutdown_ray()
-    _force_loopback()
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "num_gpus": 0, "include_dashboard": False,
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3}})
-    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    local_cluster_env()
+    for attempt in range(2):  # a raylet gets 30 s to register: on an overloaded machine, try twice
+        cluster = Cluster(initialize_head=False)
+        try:
+            cluster.add_node(num_cpus=1, num_gpus=0, include_dashboard=False, _system_config={
+                "health_check_period_ms": 500, "health_check_failure_threshold": 3})
+            workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+            break
+        except Exception:
+            cluster.shutdown()
+            if attempt:
+                raise
     ray.init(address=cluster.address)
     cluster.wait_for_nodes()
     try:
