@@ -136,6 +136,8 @@ class RestoreWorker:
                     item = futures[i].result()
                 except Exception as e:
                     fail(rows[i], e)
+                    if getattr(e, "size", None):
+                        rows[i]["in_height"], rows[i]["in_width"] = e.size
                     continue
                 futures[i] = None  # free the bytes
                 rows[i]["in_height"], rows[i]["in_width"] = item.image.shape[1:]
@@ -173,14 +175,18 @@ class RestoreWorker:
             raise io.BadInput(key, "file not found") from None
         image = io.decode_image(data, key, channels=self.sampler.input_channels)
         mask = self._load_mask(key) if cfg.get("mask_url") else None
-        problem = self.sampler.check_size(tuple(image.shape))
-        if problem:
-            raise io.BadInput(key, problem)
-        if mask is not None:
-            sizes = {tuple(image.shape[1:]), tuple(self.sampler.x_shape(tuple(image.shape))[1:])}
-            if tuple(mask.shape[1:]) not in sizes:
-                raise io.BadInput(key, f"mask size {mask.shape[2]}x{mask.shape[1]} does not match the image "
-                                       f"size {image.shape[2]}x{image.shape[1]}")
+        try:
+            problem = self.sampler.check_size(tuple(image.shape))
+            if problem:
+                raise io.BadInput(key, problem)
+            if mask is not None:
+                sizes = {tuple(image.shape[1:]), tuple(self.sampler.x_shape(tuple(image.shape))[1:])}
+                if tuple(mask.shape[1:]) not in sizes:
+                    raise io.BadInput(key, f"mask size {mask.shape[2]}x{mask.shape[1]} does not match the "
+                                           f"image size {image.shape[2]}x{image.shape[1]}")
+        except io.BadInput as e:
+            e.size = tuple(image.shape[1:])  # the row still records the input's size
+            raise
         return Item(index=index, key=key, image=image, mask=mask, seconds=time.perf_counter() - t0)
 
     def _load_mask(self, key: str) -> torch.Tensor:

@@ -135,6 +135,7 @@ def test_batch_failure_falls_back_to_one_by_one(tmp_path):
     assert [k for k, r in rows.items() if r["status"] == "ok"] == ["a.png", "c.png", "d.png"]
     assert "out of memory" in rows["boom.png"]["error"]
     assert rows["small.png"]["error"].startswith("small.png: wrong size")
+    assert (rows["small.png"]["in_height"], rows["small.png"]["in_width"]) == (8, 16)
     assert rows["gone.png"]["error"] == "gone.png: file not found"
     assert w.sampler.calls == [1, 1, 1]  # the batch of 4 failed, then one by one
 
