@@ -179,3 +179,15 @@ def test_results_do_not_depend_on_the_batch(tmp_path):
         ia = np.asarray(Image.open(a["output"]), dtype=int)
         ib = np.asarray(Image.open(b["output"]), dtype=int)
         assert np.abs(ia - ib).max() <= 1
+
+
+def test_s3_endpoint_from_the_environment(s3_server, tmp_path):
+    """No storage_options: s3fs finds the endpoint in AWS_ENDPOINT_URL, as for any s3fs program."""
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server)
+    fs.mkdir("ddnm-env")
+    fs.pipe("ddnm-env/in/a.png", io.encode_png(torch.rand(3, 16, 16)))
+    w = StubWorker(config("s3://ddnm-env/in", "s3://ddnm-env/out"))
+    (row,) = w.restore_shard({"shard_id": 0, "keys": ["a.png"]})["rows"]
+    assert row["status"] == "ok", row["error"]
+    fs.invalidate_cache()
+    assert fs.exists("ddnm-env/out/images/a.png")
