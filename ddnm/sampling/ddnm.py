@@ -20,6 +20,10 @@ At the last step (``s = 0``) DDNM+ keeps ``x0_t`` (``lambda = 0``), as the refer
 Operators without an SVD use the paper's scalar form: ``lambda = min(1, s / (a sigma_y))``,
 ``gamma = s^2 - (a lambda sigma_y)^2`` and ``x_prev = a x0_hat + sqrt(gamma) (eta z + sqrt(1-eta^2) eps)``.
 
+Time travel (paper sec. 3.3): a travel back from ``t`` to ``t + L*skip`` re-noises the last step's
+``x0_hat`` (the projected estimate, so the known part of the image survives; the reference code
+re-noises ``x0_t``) with fresh noise and no model call.
+
 A ``[0, 1]``-scale noise level (the paper's and the job files' ``sigma_y``) is ``2 *`` this one;
 ``ddnm.api`` converts at the boundary.
 """
