@@ -173,32 +173,32 @@ def test_spec_change_refused(s3, e2e, capsys):
 
 
 def test_driver_killed_then_resumed(s3, ray_local):
-    n = 14
+    n, per_shard = 20, 2  # many small shards, so the kill lands mid-job even on a fast machine
     put_inputs(s3, "kill/in", n)
     out = f"{BUCKET}/kill/out"
     args = ["run", "--input", f"s3://{BUCKET}/kill/in", "--output", f"s3://{out}", "--task", "sr_avgpool",
-            *TINY, "--steps", "4", "--workers", "1", "--gpus-per-worker", "1", "--shard-size", "1"]
+            *TINY, "--steps", "6", "--gpus-per-worker", "1", "--shard-size", str(per_shard)]
     address = ray_local.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--address", address],
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--workers", "1", "--address", address],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             if s3.exists(f"{out}/shards") and s3.ls(f"{out}/shards", refresh=True):
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
     committed = {p: s3.cat(p) for p in s3.ls(f"{out}/shards", refresh=True)}
-    assert 1 <= len(committed) < n, "the driver should have died mid-job"
+    assert 1 <= len(committed) < n // per_shard, "the driver should have died mid-job"
     assert not s3.exists(f"{out}/_manifest.json")
 
-    code = main(args)  # in-process resume on the shared Ray
+    code = main([*args, "--workers", "2"])  # in-process resume on the shared Ray, more workers
     assert code == 0
     manifest = json.loads(s3.cat(f"{out}/_manifest.json"))
-    assert manifest["run"]["images"] == n - len(committed)  # only the unfinished shards ran
+    assert manifest["run"]["images"] == n - per_shard * len(committed)  # only the unfinished shards ran
     for path, data in committed.items():
         assert s3.cat(path) == data  # committed shards untouched
     df = read_metrics(s3, "kill/out")
