@@ -139,7 +139,7 @@ def prepare(spec: JobSpec, *, dry_run: bool = False) -> Prepared:
     if plan is not None and plan.get("input") == spec.input:
         root, shards = plan["input_root"], plan["shards"]
         if spec.incremental:
-            root_now, keys = storage.list_inputs(spec.input, opts, exclude=out)
+            root_now, keys = storage.list_inputs(spec.input, opts, exclude=_excluded(spec))
             if root_now != root:
                 raise JobError(f"input {spec.input}: resolves to {root_now}, the plan has {root}")
             planned = {k for s in shards for k in s["keys"]}
@@ -149,7 +149,7 @@ def prepare(spec: JobSpec, *, dry_run: bool = False) -> Prepared:
             new_keys = len(fresh)
     else:
         plan = None
-        root, keys = storage.list_inputs(spec.input, opts, exclude=out)
+        root, keys = storage.list_inputs(spec.input, opts, exclude=_excluded(spec))
         if not keys:
             raise JobError(f"input {spec.input}: no images found "
                            f"({', '.join(e[1:] for e in storage.IMAGE_EXTENSIONS)})")
@@ -162,6 +162,12 @@ def prepare(spec: JobSpec, *, dry_run: bool = False) -> Prepared:
     if not dry_run:
         _write_start(prepared, overwrite=spec.overwrite and previous is not None)
     return prepared
+
+
+def _excluded(spec: JobSpec) -> tuple[str | None, ...]:
+    """Subtrees of the input that are not inputs: the output, and a folder of masks."""
+    mask = spec.settings.get("mask")
+    return (spec.output, spec.mask_url, mask if isinstance(mask, str) and _looks_like_path(mask) else None)
 
 
 def _read_previous_spec(out: str, opts: dict[str, Any]) -> dict[str, Any] | None:

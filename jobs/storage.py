@@ -59,10 +59,11 @@ def isdir(url: str, options: dict[str, Any]) -> bool:
         raise _unreachable(url, exc) from None
 
 
-def list_inputs(url: str, options: dict[str, Any], *, exclude: str | None = None) -> tuple[str, list[str]]:
+def list_inputs(url: str, options: dict[str, Any], *,
+                exclude: tuple[str | None, ...] = ()) -> tuple[str, list[str]]:
     """-> (root URL the keys are relative to, sorted unique keys). Reads the storage once.
 
-    `exclude`: an URL whose subtree is skipped (the job's output when it lies under its input).
+    `exclude`: URLs whose subtrees are skipped (the job's output, a mask folder under the input).
     """
     if is_manifest(url):
         return _read_manifest(url, options)
@@ -80,10 +81,7 @@ def list_inputs(url: str, options: dict[str, Any], *, exclude: str | None = None
     except Exception as exc:
         raise _unreachable(url, exc) from None
     base = path.rstrip("/")
-    skip = None
-    if exclude is not None:
-        _, out_path = _fs(exclude, options)
-        skip = out_path.rstrip("/") + "/"
+    skip = tuple(_fs(u, options)[1].rstrip("/") + "/" for u in exclude if u)
     keys = set()
     for full in found:
         full = full if isinstance(full, str) else str(full)

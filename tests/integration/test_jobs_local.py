@@ -71,6 +71,30 @@ def test_restore_mode_from_low_res(tmp_path, ray_local):
     assert img.size == (16, 16)
 
 
+def test_inpaint_with_a_mask_per_image(tmp_path, ray_local):
+    src = tmp_path / "photos"
+    for i in range(3):
+        save_png(src / f"m{i}.png", 16, i)
+    masks = src / "masks"  # under the input folder: not taken as inputs
+    for i in range(2):  # m2.png has no mask
+        mask = np.full((16, 16), 255, np.uint8)
+        mask[4 + i: 10, 3:12] = 0
+        masks.mkdir(exist_ok=True)
+        Image.fromarray(mask).save(masks / f"m{i}.png")
+    out = tmp_path / "out"
+    code = main(["run", "--input", str(src), "--output", str(out), "--task", "inpaint", "--set",
+                 f"mask={masks}", *TINY, "--workers", "1", "--gpus-per-worker", "1"])
+    assert code == 3
+    df = pd.read_parquet(out / "metrics.parquet").set_index("key")
+    assert sorted(df.index) == ["m0.png", "m1.png", "m2.png"]
+    assert (df.loc[["m0.png", "m1.png"], "status"] == "ok").all()
+    assert df.loc["m2.png", "status"] == "failed" and "no mask found" in df.loc["m2.png", "error"]
+    restored = np.asarray(Image.open(out / "images" / "m0.png"), np.int16)
+    original = np.asarray(Image.open(src / "m0.png"), np.int16)
+    kept = np.asarray(Image.open(masks / "m0.png")) > 127
+    assert np.abs(restored - original)[kept].max() <= 1  # known pixels kept (DDNM: A x0 = y)
+
+
 def test_dry_run_prints_plan_and_runs_nothing(tmp_path, capsys):
     src = tmp_path / "in"
     for i in range(5):

@@ -59,9 +59,11 @@ def test_make_shards_sorted_and_ids():
 
 
 def test_listing_recursive_relative_and_excludes_output(inputs):
-    root, keys = storage.list_inputs(str(inputs), {}, exclude=str(inputs / "restored"))
+    root, keys = storage.list_inputs(str(inputs), {}, exclude=(str(inputs / "restored"),))
     png(inputs / "restored" / "images" / "img00.png")
-    _, again = storage.list_inputs(str(inputs), {}, exclude=str(inputs / "restored"))
+    png(inputs / "masks" / "img00.png")
+    _, again = storage.list_inputs(str(inputs), {}, exclude=(str(inputs / "restored"), None,
+                                                              str(inputs / "masks")))
     assert root == str(inputs)
     assert keys == again == [f"img{i:02d}.png" for i in range(7)] + ["sub/deep/X.PNG"]
 
