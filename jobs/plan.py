@@ -73,6 +73,13 @@ def checkpoint_hash(spec: JobSpec) -> str:
     """sha256 of the checkpoint file; 'random'; 'bundled:<model>' (the bundled weights)."""
     ckpt = spec.checkpoint
     if ckpt is None:
+        try:  # the bundled weights of the small prior
+            from ddnm.models.small_prior import WEIGHTS
+        except ImportError:
+            WEIGHTS = None
+        if spec.model == "small-prior" and WEIGHTS is not None and Path(WEIGHTS).is_file():
+            from ddnm.models import checkpoint_hash as sha
+            return f"sha256:{sha(WEIGHTS)} (bundled)"
         return f"bundled:{spec.model}"
     if ckpt == "random":
         return "random"
