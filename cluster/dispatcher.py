@@ -68,7 +68,8 @@ class Dispatcher:
 
     Progress counters, updated before each ``on_result`` call: `shards_done`, `shards_failed`
     (given up after `max_attempts`), `images_ok`, `images_failed`, `workers_replaced`; and
-    `first_ready_at` (``time.monotonic()`` when the first actor could take work, for rates and ETAs).
+    `first_ready_at` / `ready_times` (``time.monotonic()`` when the first / each actor could take work,
+    for rates and ETAs).
     """
 
     def __init__(self, config: dict, *, num_workers: int, gpus_per_worker: float = 1.0,
@@ -103,6 +104,7 @@ class Dispatcher:
         self.shards_done = self.shards_failed = self.images_ok = self.images_failed = 0
         self.workers_replaced = 0
         self.first_ready_at: float | None = None  # time.monotonic() when the first actor was ready
+        self.ready_times: list[float] = []  # time.monotonic() of every actor becoming ready
         self._config_ref = None
 
     # ------------------------------------------------------------------------------------------ run
@@ -164,8 +166,9 @@ class Dispatcher:
         try:
             slot.info = ray.get(slot.ready_ref)
             slot.ready = True
+            self.ready_times.append(time.monotonic())
             if self.first_ready_at is None:
-                self.first_ready_at = time.monotonic()
+                self.first_ready_at = self.ready_times[0]
         except RayError as e:
             if getattr(e, "actor_init_failed", False) or isinstance(e, RayTaskError):
                 raise WorkerStartError(f"could not start a restore worker: {_reason(e)}") from None
