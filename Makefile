@@ -18,8 +18,12 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/ddnm-batch demo --output demo-out
 
+# One torch thread per test process: Ray actors in the tests take the other core.
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest
+
+bench-smoke: $(VENV)/.installed
+	OMP_NUM_THREADS=1 $(PY) bench/gpu_throughput.py --smoke
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check ddnm cluster jobs tests bench

@@ -201,7 +201,8 @@ def _check_against_data(spec: JobSpec, root: str, shards: list[dict], notes: lis
     ckpt = spec.checkpoint
     if ckpt and "://" in ckpt and not ckpt.startswith("file://"):
         raise JobError(f"--checkpoint {ckpt}: workers load checkpoints from a local path; copy it to a "
-                       "path every worker can read (a shared volume, or baked into the image)")
+                       "path every worker can read (a shared volume, or fetched to local disk when the "
+                       "worker starts, as deploy/ does)")
     if ckpt and ckpt != "random" and spec.address is None and not storage.exists(ckpt, opts):
         raise JobError(f"--checkpoint {ckpt}: not found")
     keys = [k for s in shards for k in s["keys"]]
