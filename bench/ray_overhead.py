@@ -2,8 +2,8 @@
 
 Same images, model, task (2x average-pool SR, evaluate mode), steps and batch size in three runs:
 
-  (a) ``plain``: the sampler in a plain Python loop in this process: read, decode, degrade,
-      ``ddnm.api.sample_batch``, encode, write, one batch after the other (1 torch thread);
+  (a) ``plain``: the sampler in a plain Python loop in this process: read, decode, ``ddnm.restore``
+      (degrade, sample, metrics), encode, write, one batch after the other (1 torch thread);
   (b) ``ray x1``: the job through a local Ray cluster (``cluster.dispatcher.Dispatcher``), one
       CPU worker with 1 torch thread;
   (c) ``ray x2``: the same with two workers, 1 torch thread each.
@@ -49,10 +49,13 @@ def make_inputs(root: str, n: int, size: int) -> list[str]:
 
 
 def plain_loop(cfg: dict, keys: list[str]) -> tuple[float, float]:
-    """(steady images/s from the model being ready, end-to-end images/s) of the sampler in a loop."""
+    """(steady images/s from the model being ready, end-to-end images/s) of the sampler in a loop.
+
+    The same work per image as a worker: read, decode, ``ddnm.restore`` (degrade, sample, PSNR, SSIM,
+    consistency), encode, write; one batch after the other, in this process.
+    """
+    import ddnm
     import ddnm.models
-    from ddnm.api import evaluate_observation, sample_batch
-    from ddnm.operators import build as build_operator
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -62,12 +65,11 @@ def plain_loop(cfg: dict, keys: list[str]) -> tuple[float, float]:
     for i in range(0, len(keys), bs):
         batch = keys[i:i + bs]
         x = torch.stack([io.decode_image(io.read_bytes(io.join(cfg["input_url"], k)), k, channels=3)
-                         for k in batch]) * 2 - 1
-        op = build_operator(cfg["task"], x_shape=tuple(x.shape[1:]), **cfg["task_settings"])
-        y = evaluate_observation(op, x, sigma_y=cfg["sigma_y"], seed=cfg["seed"], keys=batch)
-        out = sample_batch(model, op, y, keys=batch, seed=cfg["seed"], steps=cfg["steps"], eta=cfg["eta"],
-                           sigma_y=cfg["sigma_y"], travel=cfg["travel"])
-        for k, img in zip(batch, (out.x.clamp(-1, 1) + 1) / 2, strict=True):
+                         for k in batch])
+        res = ddnm.restore(x, cfg["task"], model, mode="evaluate", steps=cfg["steps"], eta=cfg["eta"],
+                           sigma_y=cfg["sigma_y"], travel=cfg["travel"], seed=cfg["seed"], keys=batch,
+                           **cfg["task_settings"])
+        for k, img in zip(batch, res.images, strict=True):
             io.write_bytes(io.join(cfg["output_url"], "images", k), io.encode_png(img))
     t2 = time.perf_counter()
     return len(keys) / (t2 - t1), len(keys) / (t2 - t0)
