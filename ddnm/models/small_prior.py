@@ -6,6 +6,14 @@ scikit-image's bundled photos, see ``weights/MODEL_CARD.md``). It predicts eps f
 linear schedule (betas 1e-4 .. 0.02, T = 1000), 3 output channels (no learned sigma), images in
 ``[-1, 1]``. It is convolutional: trained on 32x32 crops, it samples any side divisible by 8
 (64x64 is what its evaluation uses).
+
+Clipped x0 (``clip_x0=True``, the default): a 1.7 M-parameter net cannot predict eps to the ~1e-3
+precision that the highest noise levels need (there ``x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)``
+multiplies eps errors by up to 157), so its raw x0 estimates at t ~ 999 carry colour offsets of
+several units, which no linear constraint corrects in the null space of colorization. The adapter
+therefore returns the eps that is consistent with the clamped estimate,
+``eps' = (x_t - sqrt(abar_t) clamp(x0, -1, 1)) / sqrt(1 - abar_t)`` -- guided-diffusion's
+``clip_denoised``, expressed as an eps for any eps-sampler. ``clip_x0=False`` gives the raw network.
 """
 
 from __future__ import annotations
@@ -32,6 +40,31 @@ SMALL_PRIOR_CONFIG = ADMConfig(
     resblock_updown=False,
     conv_resample=True,
 )
+
+
+class SmallPriorEps(ADMEps):
+    """:class:`ADMEps` whose eps is consistent with an x0 estimate clamped to ``[-1, 1]``.
+
+    The x0 estimate uses the public linear schedule (the one the prior was trained for).
+    """
+
+    def __init__(self, net: ADMUNet, *, clip_x0: bool = True, **kw) -> None:
+        super().__init__(net, **kw)
+        self.clip_x0 = clip_x0
+        betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+        self.register_buffer("_abar", torch.cumprod(1.0 - betas, 0), persistent=False)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None):
+        eps = super().forward(x_t, t, class_labels)
+        if not self.clip_x0:
+            return eps
+        t = torch.as_tensor(t, device=x_t.device).expand(x_t.shape[0])
+        ab = self._abar.to(x_t.device)[t].to(x_t.dtype).view(-1, 1, 1, 1)
+        x0 = ((x_t - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1.0, 1.0)
+        return (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", clip_x0={self.clip_x0}"
 
 
 def small_prior_unet() -> ADMUNet:
@@ -67,8 +100,9 @@ def build_small_prior(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> ADMEps:
-    """The small prior as ``eps = model(x_t, t)`` (an :class:`ADMEps`, eval mode, no gradients).
+    clip_x0: bool = True,
+) -> SmallPriorEps:
+    """The small prior as ``eps = model(x_t, t)`` (eval mode, no gradients).
 
     Args:
         checkpoint: ``None`` for the bundled weights, ``"random"`` for random weights (same cost),
@@ -76,11 +110,13 @@ def build_small_prior(
         device, dtype: where the weights live and the compute dtype (float16 / bfloat16 cast only
             the convolutions, see ``cast_network``). ``model.image_size`` is the training crop
             side (32); any side divisible by 8 works.
+        clip_x0: return the eps consistent with the x0 estimate clamped to ``[-1, 1]`` (module
+            docstring); False for the raw network output.
     """
     unet = small_prior_unet()
     if checkpoint != "random":
         load_small_prior_weights(unet, checkpoint)
     unet = cast_network(unet.to(device), dtype)
     source = "random" if checkpoint == "random" else str(WEIGHTS if checkpoint is None else checkpoint)
-    return ADMEps(unet, name="small-prior", family="small-prior",
-                  image_size=SMALL_PRIOR_CONFIG.image_size, dtype=dtype, checkpoint=source)
+    return SmallPriorEps(unet, clip_x0=clip_x0, name="small-prior", family="small-prior",
+                         image_size=SMALL_PRIOR_CONFIG.image_size, dtype=dtype, checkpoint=source)
