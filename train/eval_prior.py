@@ -18,6 +18,7 @@ PSNR on ``[0, 1]`` after clamping, averaged over the patches.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -112,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_small_prior(args.checkpoint)
     x, keys = eval_patches(size=args.size, per_image=args.per_image, seed=0)
-    print(f"model {model.checkpoint} ({model.num_params:,} params); {len(keys)} held-out "
+    where = os.path.relpath(model.checkpoint) if os.path.exists(model.checkpoint) else model.checkpoint
+    print(f"model {where} ({model.num_params:,} params); {len(keys)} held-out "
           f"{args.size}x{args.size} patches: {', '.join(keys)}")
     print(f"DDNM: {args.steps} steps, eta {args.eta}, K = {args.samples} samples per patch for "
           f"sr_avgpool, {args.samples_other} otherwise, seed {args.seed}; "

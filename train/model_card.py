@@ -91,7 +91,7 @@ Training curve:
 {curve(hist)}
 
 ## Evaluation
-Printed by `OMP_NUM_THREADS=2 .venv/bin/python -m train.eval_prior` from the committed weights
+Printed by `OMP_NUM_THREADS=1 .venv/bin/python -m train.eval_prior --threads 1` from the committed weights
 (`train/eval_prior.py`: fixed seeded 64x64 patches of the held-out photos, DDNM 50 steps, eta 0.85):
 
 ```
