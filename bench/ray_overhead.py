@@ -19,6 +19,7 @@ and read the ``load`` line.
 
     python bench/ray_overhead.py                    # tiny model (or --model small-prior), 32 px
     python bench/ray_overhead.py --images 48 --steps 20 --size 32
+    python bench/ray_overhead.py --simulate-ms 200  # a sleeping sampler: Ray + pipeline overhead only
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def plain_loop(cfg: dict, keys: list[str]) -> tuple[float, float]:
     return len(keys) / (t2 - t1), len(keys) / (t2 - t0)
 
 
-def ray_job(cfg: dict, shards: list[dict], workers: int) -> tuple[float, float, float]:
+def ray_job(cfg: dict, shards: list[dict], workers: int, worker_cls=None) -> tuple[float, float, float]:
     """(steady images/s, end-to-end images/s, sampler busy fraction) of the job through the dispatcher.
 
     Steady: images of the shards completed after the last of the `workers` actors was ready, over that
@@ -96,7 +97,8 @@ def ray_job(cfg: dict, shards: list[dict], workers: int) -> tuple[float, float, 
     """
     n = sum(len(s["keys"]) for s in shards)
     got: list[tuple[float, dict]] = []
-    d = Dispatcher(cfg, num_workers=workers, gpus_per_worker=0, cpus_per_worker=1)
+    kw = {"worker_cls": worker_cls} if worker_cls else {}
+    d = Dispatcher(cfg, num_workers=workers, gpus_per_worker=0, cpus_per_worker=1, **kw)
     t0 = time.monotonic()
     d.run(shards, lambda s: got.append((time.monotonic(), s)))
     t2 = time.monotonic()
@@ -121,6 +123,9 @@ def main() -> None:
     p.add_argument("--model", default="tiny")
     p.add_argument("--repeat", type=int, default=2, help="interleaved repeats; the best of each is shown")
     p.add_argument("--checkpoint", default="random", help="'random', a path, or 'none' (bundled weights)")
+    p.add_argument("--simulate-ms", type=float, default=0.0,
+                   help="instead of the model, a stand-in sampler that sleeps this long per batch (an "
+                        "accelerator that uses no CPU): isolates Ray's and the pipeline's overhead")
     a = p.parse_args()
     tmp = tempfile.mkdtemp(prefix="ray-overhead-")
     keys = make_inputs(os.path.join(tmp, "in"), a.images, a.size)
@@ -133,6 +138,8 @@ def main() -> None:
               for i, j in enumerate(range(0, len(keys), a.shard_size))]
     print(f"{a.images} images {a.size}x{a.size}, model {a.model}, {a.steps} steps, batch {a.batch_size}, "
           f"{len(shards)} shards; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at start")
+    if a.simulate_ms:
+        return simulate(cfg, shards, a)
     runs: dict[str, list[tuple]] = {"plain": [], "ray x1": [], "ray x2": []}
     plain_proc = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_nice,
                                      initargs=(RAY_WORKER_NICENESS,))
@@ -158,6 +165,23 @@ def main() -> None:
           f"end-to-end {rate['ray x2'][1] / rate['ray x1'][1]:.3f})")
     print(f"time inside the sampler / steady wall time per worker: x1 {one[2]:.1%}, x2 {two[2]:.1%}")
     print(f"load {os.getloadavg()[0]:.2f} at the end (other processes on these CPUs skew the figures)")
+
+
+def simulate(cfg: dict, shards: list[dict], a) -> None:
+    """x1 and x2 with a sleeping stand-in sampler; ideal: batch_size / simulate_ms images/s per worker."""
+    from tests.integration._stubs import StubWorker
+
+    cfg = dict(cfg, stub_sleep=a.simulate_ms / 1000)
+    ideal = a.batch_size / (a.simulate_ms / 1000)
+    init_ray(num_cpus=2, num_gpus=0)
+    try:
+        best = {w: max(ray_job(dict(cfg, output_url=f"{cfg['output_url']}-{w}-{r}"), shards, w, StubWorker)
+                       for r in range(a.repeat)) for w in (1, 2)}
+    finally:
+        shutdown_ray()
+    for w, (rate, _, busy) in best.items():
+        print(f"ray x{w}: {rate:.2f} images/s steady (ideal {w * ideal:.2f}), sampler busy {busy:.1%}")
+    print(f"ray x2 / ray x1 = {best[2][0] / best[1][0]:.3f} (ideal 2)")
 
 
 if __name__ == "__main__":
