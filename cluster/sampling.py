@@ -13,6 +13,7 @@ import torch
 import ddnm.metrics
 import ddnm.models
 from cluster import io
+from cluster.checkpoints import local_checkpoint
 from cluster.outputs import BatchResult
 from ddnm.api import evaluate_observation, sample_batch
 from ddnm.operators import TASKS
@@ -49,7 +50,8 @@ class ShardSampler:
             raise ValueError(f"task: unknown task {config['task']!r}; known: {sorted(TASKS)}")
         if config["mode"] not in ("evaluate", "restore"):
             raise ValueError(f"mode must be 'evaluate' or 'restore', got {config['mode']!r}")
-        self.model = ddnm.models.build(config["model"], config.get("checkpoint"), device=device,
+        checkpoint = local_checkpoint(config.get("checkpoint"), config.get("storage_options"))
+        self.model = ddnm.models.build(config["model"], checkpoint, device=device,
                                        dtype=self.dtype)
         self.samples = int(config.get("samples") or 1)
         # a mask file is read by the worker (any fsspec URL) and passed as `masks`; keywords stay

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import io as cio
+from cluster.checkpoints import is_remote, remote_fingerprint
 from jobs import storage
 from jobs.spec import JobError, JobSpec
 
@@ -83,6 +84,11 @@ def checkpoint_hash(spec: JobSpec) -> str:
         return f"bundled:{spec.model}"
     if ckpt == "random":
         return "random"
+    if is_remote(ckpt):  # hashing a 2 GB object on the driver is a download: record its ETag
+        try:
+            return remote_fingerprint(ckpt, spec.storage_options)
+        except Exception as exc:
+            return f"unknown ({type(exc).__name__}): {ckpt}"
     path = ckpt.removeprefix("file://")
     if not Path(path).is_file():  # on a remote cluster the driver may not see the workers' path
         return f"unknown (not readable on the driver): {ckpt}"
@@ -199,11 +205,14 @@ def _check_against_data(spec: JobSpec, root: str, shards: list[dict], notes: lis
     if spec.mask_url and not storage.exists(spec.mask_url, opts):
         raise JobError(f"mask_url={spec.mask_url}: not found")
     ckpt = spec.checkpoint
-    if ckpt and "://" in ckpt and not ckpt.startswith("file://"):
-        raise JobError(f"--checkpoint {ckpt}: workers load checkpoints from a local path; copy it to a "
-                       "path every worker can read (a shared volume, or fetched to local disk when the "
-                       "worker starts, as deploy/ does)")
-    if ckpt and ckpt != "random" and spec.address is None and not storage.exists(ckpt, opts):
+    if ckpt and is_remote(ckpt):  # fetched once per node by the workers (cluster/checkpoints.py)
+        try:
+            found = storage.exists(ckpt, opts)
+        except Exception as exc:
+            raise JobError(f"--checkpoint {ckpt}: cannot reach it ({exc})") from None
+        if not found:
+            raise JobError(f"--checkpoint {ckpt}: not found")
+    elif ckpt and ckpt != "random" and spec.address is None and not storage.exists(ckpt, opts):
         raise JobError(f"--checkpoint {ckpt}: not found")
     keys = [k for s in shards for k in s["keys"]]
     shape = _probe_shape(root, keys, opts)
