@@ -170,6 +170,25 @@ class SVDOperator(Operator):
         return self.V(s_plus * c)
 
 
+class PixelBasisOperator(SVDOperator):
+    """An SVD operator whose bases are the pixels themselves (``V = U = I``): masks, the identity.
+
+    ``A x = s * x`` pixel by pixel, with ``s`` from ``singulars()`` (1 = observed, 0 = missing).
+    """
+
+    def Vt(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], -1)
+
+    def V(self, c: Tensor) -> Tensor:
+        return c.reshape(c.shape[0], *self.x_shape)
+
+    def U(self, c: Tensor) -> Tensor:
+        return self.V(c)
+
+    def Ut(self, y: Tensor) -> Tensor:
+        return self.Vt(y)
+
+
 class Composite(Operator):
     """The chain ``A = A_n ... A_2 A_1`` (``ops[0]`` is applied first).
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import SVDOperator
+from .base import PixelBasisOperator
 
 
-class Identity(SVDOperator):
+class Identity(PixelBasisOperator):
     """``y = x`` for ``(B, C, H, W)``; ``A_pinv = I``."""
 
     name = "denoise"
@@ -19,18 +19,6 @@ class Identity(SVDOperator):
 
     def A_pinv(self, y: Tensor) -> Tensor:
         return y.clone()
-
-    def Vt(self, x: Tensor) -> Tensor:
-        return x.reshape(x.shape[0], -1)
-
-    def V(self, c: Tensor) -> Tensor:
-        return c.reshape(c.shape[0], *self.x_shape)
-
-    def U(self, c: Tensor) -> Tensor:
-        return self.V(c)
-
-    def Ut(self, y: Tensor) -> Tensor:
-        return self.Vt(y)
 
     def singulars(self) -> Tensor:
         C, H, W = self.x_shape

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .base import SVDOperator
+from .base import PixelBasisOperator
 
 
-class Inpaint(SVDOperator):
+class Inpaint(PixelBasisOperator):
     """``y = x * mask`` for images ``(B, C, H, W)``.
 
     Args:
@@ -44,18 +44,6 @@ class Inpaint(SVDOperator):
 
     def A_pinv(self, y: Tensor) -> Tensor:
         return y * self._mask(y)
-
-    def Vt(self, x: Tensor) -> Tensor:
-        return x.reshape(x.shape[0], -1)
-
-    def V(self, c: Tensor) -> Tensor:
-        return c.reshape(c.shape[0], *self.x_shape)
-
-    def U(self, c: Tensor) -> Tensor:
-        return self.V(c)
-
-    def Ut(self, y: Tensor) -> Tensor:
-        return self.Vt(y)
 
     def singulars(self) -> Tensor:
         m = self.mask.expand(-1, *self.x_shape)
