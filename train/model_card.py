@@ -84,7 +84,11 @@ Command (`train/train_prior.py`, resumable with `--resume`):
   EMA decay {a['ema']}; residual branches' last layers and the output conv zero-initialised.
 - Ran {ck['step']:,} steps of batch {a['batch']} ({ck['step'] * a['batch']:,} crops) in
   {ck['wall'] / 60:.0f} minutes of wall time on a 2-core CPU shared with ~7 other processes
-  (one thread, 0.2-0.4 it/s). Final loss (mean of the last 8 log windows): {final:.4f}.
+  (one thread; 0.2-2 it/s depending on the load). The run was stopped right after a checkpoint
+  at {ck['wall'] / 60:.0f} of its {a['time_limit']:g} scheduled minutes (to leave time for the
+  evaluation) and had been resumed twice from its checkpoint (`--resume`); the resumed runs
+  logged exactly the same losses as before the stop. Final loss (mean of the last 8 log
+  windows): {final:.4f}.
 
 Training curve:
 
