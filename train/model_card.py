@@ -84,10 +84,10 @@ Command (`train/train_prior.py`, resumable with `--resume`):
   EMA decay {a['ema']}; residual branches' last layers and the output conv zero-initialised.
 - Ran {ck['step']:,} steps of batch {a['batch']} ({ck['step'] * a['batch']:,} crops) in
   {ck['wall'] / 60:.0f} minutes of wall time on a 2-core CPU shared with ~7 other processes
-  (one thread; 0.2-2 it/s depending on the load). The run was stopped right after a checkpoint
-  at {ck['wall'] / 60:.0f} of its {a['time_limit']:g} scheduled minutes (to leave time for the
-  evaluation) and had been resumed twice from its checkpoint (`--resume`); the resumed runs
-  logged exactly the same losses as before the stop. Final loss (mean of the last 8 log
+  (one or two threads; 0.2-3.5 it/s depending on the load). It was stopped and resumed from its
+  checkpoint (`--resume`) three times (thread count changed with the load; an evaluation of the
+  85-minute weights in between); resumed runs log exactly the losses the uninterrupted run logs.
+  Final loss (mean of the last 8 log
   windows): {final:.4f}.
 
 Training curve:
@@ -95,7 +95,7 @@ Training curve:
 {curve(hist)}
 
 ## Evaluation
-Printed by `OMP_NUM_THREADS=1 .venv/bin/python -m train.eval_prior --threads 1` from the committed weights
+Printed by `OMP_NUM_THREADS=2 .venv/bin/python -m train.eval_prior --threads 2` from the committed weights
 (`train/eval_prior.py`: fixed seeded 64x64 patches of the held-out photos, DDNM 50 steps, eta 0.85):
 
 ```
