@@ -58,6 +58,7 @@ class ShardSampler:
         self.settings = {k: v for k, v in (config.get("task_settings") or {}).items()
                          if not (k == "mask" and is_mask_file(v))}
         self._batch_sizes: dict[tuple, int] = {}
+        self._ops: dict[tuple, object] = {}
         self._size_checks: dict[tuple, str | None] = {}
         self._probed: dict[tuple, str | None] = {}
 
@@ -137,6 +138,16 @@ class ShardSampler:
         free, _ = torch.cuda.mem_get_info(self.device)
         return max(1, min(MAX_BATCH_SIZE, int(0.6 * free / per_image) // self.samples))
 
+    def _operator(self, x_shape: tuple, kwargs: dict, *, shared: bool):
+        """The task's operator for `x_shape`; built once per size unless it carries per-image masks
+        (building cs_block's orthogonal matrices or cs_walsh's permutation is not free)."""
+        if not shared:
+            return build_operator(self.config["task"], x_shape=x_shape, device=self.device, **kwargs)
+        if x_shape not in self._ops:
+            self._ops[x_shape] = build_operator(self.config["task"], x_shape=x_shape, device=self.device,
+                                                **kwargs)
+        return self._ops[x_shape]
+
     # ---------------------------------------------------------------------------------------- sample
     def run(self, images: torch.Tensor, keys: list[str], masks: torch.Tensor | None) -> list[BatchResult]:
         """Restore a batch. images (B, C, H, W) in [0, 1] as decoded; masks (B or 1, 1, H, W) or None."""
@@ -147,7 +158,7 @@ class ShardSampler:
         if masks is not None:
             kwargs["masks"] = masks.to(self.device)
         self._probe(x_shape, keys)
-        op = build_operator(cfg["task"], x_shape=x_shape, device=self.device, **kwargs)
+        op = self._operator(x_shape, kwargs, shared=masks is None)
         img = images.to(self.device, torch.float32) * 2 - 1
         gt = None
         if cfg["mode"] == "evaluate":
