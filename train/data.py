@@ -75,10 +75,12 @@ class CropSampler:
         seed: seed of the sampler's own generator (no global random state).
         photos: name -> weight; defaults to :data:`TRAIN_PHOTOS` (never the held-out photos).
         scales: pyramid scale -> share of draws; a level is kept when both sides are >= ``crop``.
+        grey_share: if given, the share of draws from grey photos (0 = colour photos only); the
+            photos' weights then only set the proportions within the grey and the colour group.
     """
 
     def __init__(self, *, crop: int, seed: int, photos: dict[str, float] | None = None,
-                 scales: dict[float, float] = SCALES) -> None:
+                 scales: dict[float, float] = SCALES, grey_share: float | None = None) -> None:
         if crop < 8:
             raise ValueError(f"crop must be >= 8, got {crop}")
         photos = TRAIN_PHOTOS if photos is None else photos
@@ -99,6 +101,17 @@ class CropSampler:
                 self.names.append(f"{name}@{s}")
                 weights.append(w * share)
         self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.grey = [bool((lv[0] == lv[1]).all() and (lv[1] == lv[2]).all()) for lv in self.levels]
+        if grey_share is not None:
+            if not 0.0 <= grey_share < 1.0:
+                raise ValueError(f"grey_share must be in [0, 1), got {grey_share}")
+            grey = torch.tensor(self.grey)
+            if grey.all():
+                raise ValueError("grey_share needs at least one colour photo")
+            w = self.weights
+            share = torch.where(grey, grey_share / w[grey].sum().clamp(min=1e-12),
+                                (1.0 - grey_share) / w[~grey].sum())
+            self.weights = w * share
         self.generator = torch.Generator().manual_seed(seed)
 
     def batch(self, size: int) -> torch.Tensor:

@@ -54,8 +54,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--ckpt-every", type=float, default=300.0, help="seconds between checkpoints")
+    p.add_argument("--stop-at", type=int, default=0,
+                   help="pause after this many steps (the schedule still spans --steps; 0 = no pause)")
     p.add_argument("--time-limit", type=float, default=0.0, help="minutes; stop early (0 = none)")
     p.add_argument("--export-only", action="store_true", help="write the EMA safetensors from ckpt.pt")
+    p.add_argument("--init", type=Path, default=None,
+                   help="start model and EMA from these weights (.safetensors or ckpt.pt): fine-tuning")
+    p.add_argument("--dc-crops", type=int, default=4096, help="crops per side for the image-mean prior")
+    p.add_argument("--grey-share", type=float, default=None,
+                   help="share of draws from grey photos (default: their weights in train/data.py)")
     return p.parse_args(argv)
 
 
@@ -101,11 +108,18 @@ def main(argv: list[str] | None = None) -> None:
     zero_init_outputs(model)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    data = CropSampler(crop=args.crop, seed=args.seed)
+    data = CropSampler(crop=args.crop, seed=args.seed, grey_share=args.grey_share)
     gen = torch.Generator().manual_seed(args.seed + 1)
     abar = linear_alpha_bar().float()
     sa, s1 = abar.sqrt(), (1.0 - abar).sqrt()
     step, history, wall = 0, [], 0.0
+
+    if args.init is not None and not args.resume:
+        from ddnm.models.small_prior import load_small_prior_weights
+
+        load_small_prior_weights(model, args.init)
+        ema.load_state_dict(model.state_dict())
+        print(f"initialised from {args.init}", flush=True)
 
     if args.resume or args.export_only:
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -119,14 +133,16 @@ def main(argv: list[str] | None = None) -> None:
 
     nparams = sum(p.numel() for p in model.parameters())
     meta = {"params": nparams, "config": SMALL_PRIOR_CONFIG, "batch": args.batch, "lr": args.lr,
-            "crop": args.crop, "seed": args.seed, "ema": args.ema}
+            "crop": args.crop, "seed": args.seed, "ema": args.ema,
+            "init": str(args.init), "grey_share": args.grey_share}
     print(f"params {nparams:,}  config {SMALL_PRIOR_CONFIG}", flush=True)
 
     def checkpoint() -> None:
+        run_args = vars(args) | {"out": str(args.out), "init": str(args.init)}
         save_checkpoint(ckpt_path, {"model": model.state_dict(), "ema": ema.state_dict(),
                                     "opt": opt.state_dict(), "data_rng": data.state(),
                                     "gen_rng": gen.get_state(), "step": step, "history": history,
-                                    "wall": wall, "args": vars(args) | {"out": str(args.out)}})
+                                    "wall": wall, "args": run_args})
         (args.out / "history.json").write_text(json.dumps(history, indent=0))
 
     t_start, t_ckpt = time.time(), time.time()
@@ -164,6 +180,9 @@ def main(argv: list[str] | None = None) -> None:
         if time.time() - t_ckpt > args.ckpt_every:
             checkpoint()
             t_ckpt = time.time()
+        if args.stop_at and step >= args.stop_at:
+            print(f"paused at step {step}; continue with --resume", flush=True)
+            break
         if args.time_limit and wall / 60 > args.time_limit:
             print(f"time limit reached at step {step}", flush=True)
             break
@@ -171,10 +190,15 @@ def main(argv: list[str] | None = None) -> None:
     if not args.export_only:
         checkpoint()
     final = history[-1]["loss"] if history else float("nan")
-    export(ema, args.out / "small_prior.safetensors",
-           meta | {"steps": step, "minutes": round(wall / 60, 1), "final_loss": final})
+    weights = args.out / "small_prior.safetensors"
+    export(ema, weights, meta | {"steps": step, "minutes": round(wall / 60, 1), "final_loss": final})
+    from train.dc_prior import fit_dc_prior, write_dc_prior  # the image-mean prior ships with the net
+
+    dc = fit_dc_prior(crops=args.dc_crops, seed=args.seed, grey_share=args.grey_share)
+    write_dc_prior(weights, dc, {"dc_prior": f"train.dc_prior: {args.dc_crops} crops per side, "
+                                             f"seed {args.seed}, grey_share {args.grey_share}"})
     print(f"done: step {step}, {wall / 60:.1f} min, final loss {final}, "
-          f"weights {args.out / 'small_prior.safetensors'}", flush=True)
+          f"weights {weights}", flush=True)
 
 
 if __name__ == "__main__":
