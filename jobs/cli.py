@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--incremental", action="store_const", const=True,
                    help="process only input keys not in any committed shard")
     r.add_argument("--overwrite", action="store_const", const=True, help="replace a previous job's output")
+    r.add_argument("--retry-failed", action="store_const", const=True,
+                   help="run the images that failed in a previous run of this job again")
     r.add_argument("--address", help="join this Ray cluster (default: a local one on 127.0.0.1)")
     r.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, repeatable")
     r.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
@@ -87,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 _RUN_FLAGS = ("input", "output", "task", "set", "mode", "mask_url", "model", "checkpoint", "dtype", "steps",
               "eta", "sigma_y", "travel", "samples", "shard_size", "workers", "gpus_per_worker",
               "cpus_per_worker", "batch_size", "threads", "seed", "panels", "incremental", "overwrite",
-              "address", "storage_option")
+              "retry_failed", "address", "storage_option")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,13 +210,16 @@ def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
             if started:
                 import ray
                 ray.shutdown()
-    elif spec.incremental:
-        _log(f"no new images under {spec.input}")
+    elif spec.incremental or spec.retry_failed:
+        _log(f"nothing to run: {'no new images under ' + spec.input if spec.incremental else ''}"
+             f"{'; ' if spec.incremental and spec.retry_failed else ''}"
+             f"{'no failed images' if spec.retry_failed else ''}")
     seconds = time.time() - t0
     run = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "seconds": round(seconds, 3),
            "images": ran["ok"] + ran["failed"], "ok": ran["ok"], "failed": ran["failed"],
            "images_per_second": round((ran["ok"] + ran["failed"]) / seconds, 4) if seconds > 0 else None,
-           "incremental": spec.incremental, "new_keys": prepared.new_keys}
+           "incremental": spec.incremental, "new_keys": prepared.new_keys,
+           "retry_failed": spec.retry_failed, "retried_keys": prepared.retried_keys}
     table, manifest = results.finalize(out, opts, spec_hash=spec.spec_hash(), plan_shards=prepared.shards,
                                        run=run)
     c = manifest["counts"]

@@ -106,6 +106,7 @@ class Prepared:
     committed: set[int]                   # shard ids with a Parquet file
     pending: list[dict[str, Any]]         # shards to run now, with "attempt": 0
     new_keys: int = 0                     # keys appended by --incremental
+    retried_keys: int = 0                 # failed keys given new shards by --retry-failed
     resumed: bool = False                 # a previous plan was reused
     previous_spec: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
@@ -116,7 +117,8 @@ class Prepared:
 
     @property
     def total_images(self) -> int:
-        return sum(len(s["keys"]) for s in self.shards)
+        """Distinct keys in the plan (a key retried by --retry-failed sits in two shards)."""
+        return len({k for s in self.shards for k in s["keys"]})
 
     @property
     def pending_images(self) -> int:
@@ -169,12 +171,28 @@ def prepare(spec: JobSpec, *, dry_run: bool = False) -> Prepared:
         shards = make_shards(keys, spec.shard_size)
     spec = _check_against_data(spec, root, shards, notes)
     committed = committed_ids(out, opts) if reuse else set()
+    retried = 0
+    if spec.retry_failed and committed:
+        failed = _failed_keys(out, opts, committed)
+        first = max((s["shard_id"] for s in shards), default=-1) + 1
+        shards = shards + make_shards(failed, spec.shard_size, first_id=first)
+        retried = len(failed)
     pending = [{**s, "attempt": 0} for s in shards if s["shard_id"] not in committed]
     prepared = Prepared(spec=spec, input_root=root, shards=shards, committed=committed, pending=pending,
-                        new_keys=new_keys, resumed=plan is not None, previous_spec=previous, notes=notes)
+                        new_keys=new_keys, retried_keys=retried, resumed=plan is not None,
+                        previous_spec=previous, notes=notes)
     if not dry_run:
         _write_start(prepared, overwrite=spec.overwrite and previous is not None)
     return prepared
+
+
+def _failed_keys(out: str, opts: dict[str, Any], committed: set[int]) -> list[str]:
+    """Keys whose current row (each key once, the latest shard winning) has status "failed"."""
+    from jobs import results  # results imports this module
+
+    table = results.read_committed(out, opts, committed)
+    return [k for k, st in zip(table.column("key").to_pylist(), table.column("status").to_pylist(),
+                               strict=True) if st != "ok"]
 
 
 def _excluded(spec: JobSpec) -> tuple[str | None, ...]:
@@ -311,7 +329,8 @@ def describe(prepared: Prepared, *, workers: int, model_calls: int) -> str:
         f"output:     {spec.output}",
         f"task:       {spec.task} {spec.settings or ''} mode={spec.mode} model={spec.model}",
         f"images:     {prepared.total_images} in {len(prepared.shards)} shards of <= {spec.shard_size}"
-        + (f" ({prepared.new_keys} new since the last run)" if spec.incremental else ""),
+        + (f" ({prepared.new_keys} new since the last run)" if spec.incremental else "")
+        + (f" ({prepared.retried_keys} failed ones to run again)" if spec.retry_failed else ""),
         f"resume:     skips {len(prepared.committed)} committed shards ({done} images); "
         f"runs {len(prepared.pending)} shards ({prepared.pending_images} images)",
         f"workers:    {workers}",

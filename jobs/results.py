@@ -100,7 +100,7 @@ def read_table(url: str, options: dict[str, Any]) -> pa.Table:
 
 
 def read_committed(output: str, options: dict[str, Any], shard_ids: set[int] | None = None) -> pa.Table:
-    """The committed shards' rows, each key once (latest attempt, then latest shard, wins)."""
+    """The committed shards' rows, each key once (the latest shard, then the latest attempt, wins)."""
     ids = sorted(plan_mod.committed_ids(output, options) if shard_ids is None else shard_ids)
     with ThreadPoolExecutor(max_workers=16) as pool:  # one GET each: latency-bound on object stores
         tables = list(pool.map(lambda i: read_table(shard_url(output, i), options), ids))
@@ -110,11 +110,13 @@ def read_committed(output: str, options: dict[str, Any], shard_ids: set[int] | N
 
 
 def dedupe(table: pa.Table) -> pa.Table:
-    """Keep one row per key: the highest attempt, then the highest shard id; sorted by key."""
+    """Keep one row per key: the highest shard id, then the highest attempt; sorted by key.
+
+    A key sits in two shards only when --retry-failed gave it a new one, which comes later."""
     if table.num_rows == 0:
         return table
-    order = pc.sort_indices(table, sort_keys=[("key", "ascending"), ("attempt", "descending"),
-                                                      ("shard_id", "descending")])
+    order = pc.sort_indices(table, sort_keys=[("key", "ascending"), ("shard_id", "descending"),
+                                                      ("attempt", "descending")])
     table = table.take(order)
     keys = table.column("key").to_pylist()
     keep = [i for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
@@ -137,7 +139,7 @@ def finalize(output: str, options: dict[str, Any], *, spec_hash: str, plan_shard
     manifest = {
         "spec_hash": spec_hash,
         "code_version": plan_mod.code_version(),
-        "counts": {**counts(table), "planned_images": sum(len(s["keys"]) for s in plan_shards),
+        "counts": {**counts(table), "planned_images": len({k for s in plan_shards for k in s["keys"]}),
                    "shards": len(planned), "shards_committed": len(committed & planned),
                    "shards_pending": len(planned - committed)},
         "files": {"metrics": plan_mod.METRICS_FILE,

@@ -172,6 +172,8 @@ class JobSpec(BaseModel):
     panels: bool = Field(False, description="also write side-by-side panels under panels/")
     incremental: bool = Field(False, description="process only input keys not in any committed shard")
     overwrite: bool = Field(False, description="discard a previous job's outputs at the output URL")
+    retry_failed: bool = Field(False, description="run the images whose committed rows failed again, "
+                               "in new shards whose rows replace the failed ones")
     address: str | None = Field(None, description="Ray address to join; None = a local cluster")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")
 

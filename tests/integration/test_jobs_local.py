@@ -116,3 +116,31 @@ def test_progress_plain_lines(tmp_path):
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("[ddnm-batch] 6/10 images (1 failed)") and "img/s" in lines[0]
     assert "ETA" in lines[-1]
+
+
+def test_retry_failed_reruns_only_the_failed_image(tmp_path, ray_local):
+    """A corrupt input fails (exit 3); once it is replaced, --retry-failed restores it alone."""
+    import json
+
+    src = tmp_path / "photos"
+    for i in range(5):
+        save_png(src / f"p{i}.png", 16, i)
+    (src / "p2.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    argv = ["run", "--input", str(src), "--output", str(out), "--task", "sr_avgpool", "--set", "scale=4",
+            *TINY, "--workers", "1", "--gpus-per-worker", "1", "--shard-size", "2"]
+    assert main(argv) == 3
+    first = pd.read_parquet(out / "metrics.parquet").set_index("key")
+    assert first.loc["p2.png", "status"] == "failed" and "p2.png" in first.loc["p2.png", "error"]
+    assert main(argv) == 3  # a plain rerun leaves the failure alone
+    assert json.loads((out / "_manifest.json").read_text())["run"]["images"] == 0
+    save_png(src / "p2.png", 16, 2)
+    assert main([*argv, "--retry-failed"]) == 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["run"]["images"] == 1 and manifest["run"]["retried_keys"] == 1
+    assert manifest["counts"] == {**manifest["counts"], "images": 5, "ok": 5, "failed": 0, "planned_images": 5}
+    df = pd.read_parquet(out / "metrics.parquet")
+    assert sorted(df["key"]) == [f"p{i}.png" for i in range(5)] and (df["status"] == "ok").all()
+    assert (out / "images" / "p2.png").is_file()
+    kept = df.set_index("key").drop(index="p2.png")
+    assert (kept["shard_id"] == first.drop(index="p2.png")["shard_id"]).all()  # not run again

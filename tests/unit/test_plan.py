@@ -196,24 +196,47 @@ def test_summary_table_schema_and_single_file(inputs, tmp_path):
     assert df["worker"].tolist() == ["w0"] * 3 and df["busy_seconds"].tolist() == [0.9] * 3
 
 
-def test_finalize_dedupes_latest_attempt_and_writes_manifest_last(inputs, tmp_path):
+def test_finalize_keeps_each_key_once_latest_shard_first_and_writes_manifest_last(inputs, tmp_path):
     out = tmp_path / "out"
     p = plan_mod.prepare(spec_for(inputs, out))
-    run_all(p)
-    # a stale duplicate of shard 0's keys under another shard id, from an earlier attempt
-    dup = {"shard_id": 7, "keys": p.shards[0]["keys"]}
-    results.commit_shard(str(out), fake_summary(dup, attempt=0, fail=set(dup["keys"])), {})
-    results.commit_shard(str(out), fake_summary(p.shards[0], attempt=1), {})
-    table, manifest = results.finalize(str(out), {}, spec_hash=p.spec.spec_hash(), plan_shards=p.shards,
-                                       run={"seconds": 1})
+    run_all(p, fail=set(p.shards[0]["keys"]))
+    # a later shard holding shard 0's keys again (what --retry-failed writes) replaces its rows,
+    # whatever the attempts
+    later = {"shard_id": 7, "keys": p.shards[0]["keys"]}
+    results.commit_shard(str(out), fake_summary(later, attempt=0), {})
+    results.commit_shard(str(out), fake_summary(p.shards[0], attempt=2, fail=set(p.shards[0]["keys"])), {})
+    table, manifest = results.finalize(str(out), {}, spec_hash=p.spec.spec_hash(),
+                                       plan_shards=[*p.shards, later], run={"seconds": 1})
     df = pd.read_parquet(out / "metrics.parquet")
     assert len(df) == 8 and df["key"].is_unique and (df["status"] == "ok").all()
-    assert df.set_index("key").loc[p.shards[0]["keys"], "attempt"].tolist() == [1, 1, 1]
-    assert manifest["counts"]["images"] == 8 and manifest["counts"]["shards_pending"] == 0
+    assert df.set_index("key").loc[p.shards[0]["keys"], "shard_id"].tolist() == [7, 7, 7]
+    assert manifest["counts"]["images"] == 8 and manifest["counts"]["planned_images"] == 8
+    assert manifest["counts"]["shards_pending"] == 0
     on_disk = json.loads((out / "_manifest.json").read_text())
     assert on_disk["spec_hash"] == p.spec.spec_hash()
     newest_data = max(f.stat().st_mtime_ns for f in [out / "metrics.parquet", *(out / "shards").iterdir()])
     assert (out / "_manifest.json").stat().st_mtime_ns >= newest_data
+
+
+def test_retry_failed_gives_only_the_failed_keys_new_shards(inputs, tmp_path):
+    out = tmp_path / "out"
+    p = plan_mod.prepare(spec_for(inputs, out))
+    bad = {p.shards[0]["keys"][1], p.shards[2]["keys"][0]}
+    run_all(p, fail=bad)
+    plain = plan_mod.prepare(spec_for(inputs, out))
+    assert plain.pending == [] and plain.retried_keys == 0  # a plain resume leaves failures alone
+    retry = plan_mod.prepare(spec_for(inputs, out, retry_failed=True))
+    assert retry.retried_keys == 2 and retry.spec.spec_hash() == p.spec.spec_hash()
+    assert [s["shard_id"] for s in retry.pending] == [3]
+    assert sorted(retry.pending[0]["keys"]) == sorted(bad)
+    assert retry.total_images == 8 and retry.pending_images == 2
+    assert "(2 failed ones to run again)" in plan_mod.describe(retry, workers=1, model_calls=3)
+    assert len(json.loads((out / "_plan.json").read_text())["shards"]) == 4
+    run_all(retry)
+    table, _ = results.finalize(str(out), {}, spec_hash=p.spec.spec_hash(), plan_shards=retry.shards, run={})
+    assert results.counts(table) == {"images": 8, "ok": 8, "failed": 0}
+    again = plan_mod.prepare(spec_for(inputs, out, retry_failed=True))
+    assert again.retried_keys == 0 and again.pending == []
 
 
 def test_rerun_with_pending_work_removes_stale_manifest(inputs, tmp_path):
