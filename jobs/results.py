@@ -3,7 +3,8 @@
 One row per input image. A shard's rows are written as OUTPUT/shards/shard-<id:06d>.parquet in one
 write (Parquet encoded to bytes here, then one PUT through fsspec: pyarrow's own S3 filesystem
 ignores AWS_ENDPOINT_URL). The final OUTPUT/metrics.parquet is the concatenation of the committed
-shards, each key once (the latest attempt wins), and OUTPUT/_manifest.json is written last.
+shards, each key once (the latest shard wins: a --retry-failed shard replaces the failed rows), and
+OUTPUT/_manifest.json is written last.
 """
 
 from __future__ import annotations
