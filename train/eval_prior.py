@@ -130,7 +130,11 @@ def main(argv: list[str] | None = None) -> None:
         for name, value in rows.items():
             print(f"  {name:<28} {value:6.2f}")
         for method, base, margin in BARS.get(task, []):
-            got = rows[f"DDNM mean of {k}" if method == "mean of K" else "DDNM one sample"]
+            row = f"DDNM mean of {k}" if method == "mean of K" else "DDNM one sample"
+            if row not in rows:  # K = 1: there is no mean of several samples to judge
+                verdicts.append(f"  {task}: {method} - {base}: not measured (K = {k})")
+                continue
+            got = rows[row]
             gap = got - rows[base]
             verdicts.append(f"  {task}: {method} - {base} = {gap:+.2f} dB (bar {margin:+.1f}): "
                             f"{'met' if gap >= margin else 'NOT met'}")
