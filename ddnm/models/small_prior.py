@@ -79,6 +79,7 @@ class DCPrior(torch.nn.Module):
             raise ValueError(f"DC prior shapes do not match: sizes {tuple(sizes.shape)}, "
                              f"mean {tuple(mean.shape)}, cov {tuple(cov.shape)}")
         self.register_buffer("sizes", sizes.double())
+        self._log_sizes = [math.log(float(v)) for v in sizes.tolist()]  # picked on the host, no sync
         self.register_buffer("mean", mean.double())
         self.register_buffer("cov", cov.double())
 
@@ -101,7 +102,8 @@ class DCPrior(torch.nn.Module):
             abar: (B,) alpha_bar of each image's timestep.
         """
         h, w = x_t.shape[-2:]
-        i = int((self.sizes.double().log() - 0.5 * math.log(h * w)).abs().argmin())
+        side = 0.5 * math.log(h * w)
+        i = min(range(len(self._log_sizes)), key=lambda j: abs(self._log_sizes[j] - side))
         mu, cov = self.mean[i].double().view(1, -1, 1), self.cov[i].double()
         eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
         z = x_t.double().mean((2, 3)).unsqueeze(-1)  # (B, C, 1)
