@@ -173,7 +173,8 @@ def prepare(spec: JobSpec, *, dry_run: bool = False) -> Prepared:
     committed = committed_ids(out, opts) if reuse else set()
     retried = 0
     if spec.retry_failed and committed:
-        failed = _failed_keys(out, opts, committed)
+        queued = {k for sh in shards if sh["shard_id"] not in committed for k in sh["keys"]}
+        failed = [k for k in _failed_keys(out, opts, committed) if k not in queued]  # not twice
         first = max((s["shard_id"] for s in shards), default=-1) + 1
         shards = shards + make_shards(failed, spec.shard_size, first_id=first)
         retried = len(failed)

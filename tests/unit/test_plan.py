@@ -232,6 +232,9 @@ def test_retry_failed_gives_only_the_failed_keys_new_shards(inputs, tmp_path):
     assert retry.total_images == 8 and retry.pending_images == 2
     assert "(2 failed ones to run again)" in plan_mod.describe(retry, workers=1, model_calls=3)
     assert len(json.loads((out / "_plan.json").read_text())["shards"]) == 4
+    # interrupted before the retry shard committed: asking again queues the keys once, not twice
+    again = plan_mod.prepare(spec_for(inputs, out, retry_failed=True))
+    assert again.retried_keys == 0 and [s["shard_id"] for s in again.pending] == [3]
     run_all(retry)
     table, _ = results.finalize(str(out), {}, spec_hash=p.spec.spec_hash(), plan_shards=retry.shards, run={})
     assert results.counts(table) == {"images": 8, "ok": 8, "failed": 0}
