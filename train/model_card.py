@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> None:
                       f"{a['time_limit']:g} min:\n\n       {command(a)}\n")
         step0, min0 = step0 + ck["step"], min0 + ck["wall"] / 60
     dc = build_small_prior().dc_prior
+    from safetensors import safe_open
+
+    with safe_open(str(WEIGHTS), framework="pt") as f:
+        dc_fit = (f.metadata() or {}).get("dc_prior", "unknown")
     dc_rows = "\n".join(
         f"| {int(size)} | {', '.join(f'{v:+.3f}' for v in mu.tolist())} | "
         f"{', '.join(f'{v:.3f}' for v in cov.diagonal().sqrt().tolist())} |"
@@ -95,7 +99,7 @@ without downloads. Load it by name: `ddnm.models.build("small-prior")` (or `--mo
   - **The image-mean prior.** The UNet cannot see its input's per-channel means: its last
     GroupNorm has one channel per group. So eps's per-channel mean is replaced by the Bayes
     estimate under a Gaussian prior on the image's channel means, fitted on the training crops
-    (`train/dc_prior.py`) and stored in the weights file under `dc_prior.*`.
+    (`train/dc_prior.py`; this file's: {dc_fit}) and stored in the weights file under `dc_prior.*`.
   - **The clamp.** eps is made consistent with the x0 estimate clamped to [-1, 1].
 
   The Gaussian's mean and standard deviation per channel (R, G, B, in [-1, 1]):
