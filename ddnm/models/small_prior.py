@@ -106,7 +106,7 @@ class DCPrior(torch.nn.Module):
         i = min(range(len(self._log_sizes)), key=lambda j: abs(self._log_sizes[j] - side))
         mu, cov = self.mean[i].double().view(1, -1, 1), self.cov[i].double()
         eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-        z = x_t.double().mean((2, 3)).unsqueeze(-1)  # (B, C, 1)
+        z = x_t.mean((2, 3), dtype=torch.float64).unsqueeze(-1)  # (B, C, 1), no float64 copy of x_t
         sa = abar.double().sqrt().view(-1, 1, 1)
         var_n = (1.0 - abar.double()).view(-1, 1, 1) / (h * w)
         gain = torch.linalg.solve(sa**2 * cov + var_n * eye, z - sa * mu)

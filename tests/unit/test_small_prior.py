@@ -24,13 +24,7 @@ def _chelsea(size: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.float64) / 127.5 - 1.0).permute(2, 0, 1)[None]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: faster than two on a shared 2-core CI machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_bundled_weights_load_by_name_and_fit_the_size_limit():

@@ -11,13 +11,7 @@ from ddnm.models.small_prior import build_small_prior
 from train import train_prior
 from train.data import CropSampler
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_crops_are_seeded_and_in_range():
