@@ -8,7 +8,9 @@ Pure PyTorch: operators (``ddnm.operators``), diffusion priors (``ddnm.models``)
     res.images, res.std, res.metrics
 """
 
-from ddnm.api import BatchSamples, RestoreResult, restore, sample_batch
+from ddnm.api import RestoreResult, restore
+from ddnm.restoration import BatchRestoration, BatchSamples, Task, restore_batch, sample_batch
 
-__all__ = ["BatchSamples", "RestoreResult", "restore", "sample_batch"]
+__all__ = ["BatchRestoration", "BatchSamples", "RestoreResult", "Task", "restore", "restore_batch",
+           "sample_batch"]
 __version__ = "0.1.0"

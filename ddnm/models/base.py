@@ -39,10 +39,14 @@ class EpsModel(nn.Module):
     """``forward(x_t (B, C, H, W), t (B,) int64 in [0, T)) -> eps (B, C, H, W)`` in ``x_t``'s dtype.
 
     Attributes: ``image_size`` (training resolution), ``in_channels`` (C), ``family``, ``name``,
-    ``dtype`` (compute dtype), ``num_params``, ``checkpoint`` (path, "random" or None).
+    ``dtype`` (compute dtype), ``num_params``, ``checkpoint`` (path, "random" or None), and the noise
+    schedule the network was trained with: ``schedule`` ("linear" or "cosine") over ``num_timesteps``
+    steps, as ``alpha_bar()``.
     """
 
     family = "generic"
+    schedule = "linear"
+    num_timesteps = 1000
 
     def __init__(
         self,
@@ -79,6 +83,12 @@ class EpsModel(nn.Module):
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.eval().requires_grad_(False)
+
+    def alpha_bar(self) -> torch.Tensor:
+        """``(T,)`` float64 ``alpha_bar_t`` of the schedule the network was trained with."""
+        from ddnm.sampling.schedule import schedule_alpha_bar
+
+        return schedule_alpha_bar(self.schedule, self.num_timesteps)
 
     @property
     def num_params(self) -> int:

@@ -44,6 +44,13 @@ class ModelInfo:
     """One line for humans, naming the public checkpoint file."""
     config: ADMConfig | DDPMConfig | None = None
     """Architecture (None: defined by the checkpoint folder or another module)."""
+    default_weights: str | None = None
+    """What ``checkpoint=None`` means: "bundled" (shipped weights), "random" (test models), or None
+    (a checkpoint must be given)."""
+    schedule: str = "linear"
+    """The noise schedule the network was trained with (travels with the built model)."""
+    num_timesteps: int = 1000
+    """T of that schedule."""
 
     @property
     def params(self) -> int | None:
@@ -97,6 +104,7 @@ REGISTRY: dict[str, ModelInfo] = {
             family="small-prior",
             image_size=None,
             description="small ADM trained for this project, weights bundled (ddnm/models/weights)",
+            default_weights="bundled",
         ),
         ModelInfo(
             name="tiny",
@@ -104,6 +112,7 @@ REGISTRY: dict[str, ModelInfo] = {
             image_size=TINY_CONFIG.image_size,
             description="tiny random ADM for tests (deterministic from a seed, no checkpoint)",
             config=TINY_CONFIG,
+            default_weights="random",
         ),
     ]
 }
@@ -140,7 +149,7 @@ def _small_prior_module():
 @functools.cache
 def _count_params(name: str) -> int | None:
     config = REGISTRY[name].config
-    if name == "small-prior":
+    if REGISTRY[name].family == "small-prior":
         model = _meta_small_prior()
         return None if model is None else model.num_params
     if config is None:
@@ -163,7 +172,7 @@ def list_models() -> list[dict]:
     rows = []
     for info in REGISTRY.values():
         image_size = info.image_size
-        if image_size is None and info.name == "small-prior":
+        if image_size is None and info.family == "small-prior":
             model = _meta_small_prior()
             image_size = None if model is None else model.image_size
         rows.append(
@@ -211,22 +220,32 @@ def build(
     info = REGISTRY[name]
     device = torch.device(device)
     dtype = resolve_dtype(dtype)
-    if class_label is not None and name != "adm-256-cond":
-        raise ValueError(f"class_label={class_label!r} only applies to adm-256-cond, not {name!r}")
-    if name == "diffusers":
-        if checkpoint is None or checkpoint == "random":
-            raise ValueError("model 'diffusers' needs checkpoint= a local UNet2DModel folder")
-        from ddnm.models.diffusers import load_diffusers_unet
+    if class_label is not None and getattr(info.config, "num_classes", None) is None:
+        raise ValueError(f"class_label={class_label!r} only applies to a class-conditional model, "
+                         f"not {name!r}")
+    builder = _BUILDERS[info.family]
+    model = builder(info, checkpoint, device=device, dtype=dtype, channels_last=channels_last,
+                    class_label=class_label, seed=seed)
+    model.schedule, model.num_timesteps = info.schedule, info.num_timesteps
+    return model
 
-        return load_diffusers_unet(checkpoint, device=device, dtype=dtype, channels_last=channels_last)
-    if name == "small-prior":
-        return _build_small_prior(checkpoint, device, dtype, channels_last)
 
+def _build_diffusers(info: ModelInfo, checkpoint, *, device, dtype, channels_last, **_) -> EpsModel:
+    if checkpoint is None or checkpoint == "random":
+        raise ValueError(f"model {info.name!r} needs checkpoint= a local UNet2DModel folder")
+    from ddnm.models.diffusers import load_diffusers_unet
+
+    return load_diffusers_unet(checkpoint, device=device, dtype=dtype, channels_last=channels_last)
+
+
+def _build_network(info: ModelInfo, checkpoint, *, device, dtype, channels_last, class_label,
+                   seed) -> EpsModel:
+    """ADM and DDPM families: the registry's architecture, random or loaded weights."""
     config = info.config
     assert config is not None
-    if checkpoint is None and name != "tiny":
+    if checkpoint is None and info.default_weights is None:
         raise ValueError(
-            f"model {name!r} needs checkpoint= a local path to its weights ({info.description}), "
+            f"model {info.name!r} needs checkpoint= a local path to its weights ({info.description}), "
             "or checkpoint='random' for random weights"
         )
     if checkpoint is None or checkpoint == "random":
@@ -239,7 +258,7 @@ def build(
         source = str(checkpoint)
     net = cast_network(net, dtype)
     common = dict(
-        name=name,
+        name=info.name,
         image_size=config.image_size,
         in_channels=config.in_channels,
         dtype=dtype,
@@ -249,6 +268,10 @@ def build(
     if isinstance(config, ADMConfig):
         return ADMEps(net, class_label=class_label, **common)
     return DDPMEps(net, **common)
+
+
+def _build_bundled_prior(info: ModelInfo, checkpoint, *, device, dtype, channels_last, **_) -> EpsModel:
+    return _build_small_prior(checkpoint, device, dtype, channels_last)
 
 
 def _build_small_prior(checkpoint, device, dtype, channels_last) -> EpsModel:
@@ -271,3 +294,7 @@ def _build_small_prior(checkpoint, device, dtype, channels_last) -> EpsModel:
             checkpoint=None if checkpoint is None else str(checkpoint),
         )
     raise TypeError(f"build_small_prior returned {type(built).__name__}, expected EpsModel or ADMUNet")
+
+
+_BUILDERS = {"adm": _build_network, "ddpm": _build_network, "diffusers": _build_diffusers,
+             "small-prior": _build_bundled_prior}

@@ -6,10 +6,11 @@
 
 from . import tasks as _tasks  # noqa: F401  (registers the tasks)
 from .base import Composite, Operator, SVDOperator
-from .masks import box_mask, center_mask, load_mask, random_mask
-from .registry import TASKS, TaskInfo, build, tasks_json
+from .masks import MASK_KEYWORDS, box_mask, center_mask, is_mask_file, load_mask, random_mask, read_mask
+from .registry import TASKS, TaskInfo, build, coerce, is_custom, load_operator_class, tasks_json
 
 __all__ = [
+    "MASK_KEYWORDS",
     "TASKS",
     "Composite",
     "Operator",
@@ -18,6 +19,11 @@ __all__ = [
     "box_mask",
     "build",
     "center_mask",
+    "coerce",
+    "is_custom",
+    "is_mask_file",
+    "load_operator_class",
+    "read_mask",
     "load_mask",
     "random_mask",
     "tasks_json",

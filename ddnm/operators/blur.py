@@ -11,14 +11,16 @@ Kernels (tap ``size // 2`` at the centre, normalised to sum 1):
 
 Borders: ``padding="reflect"`` (half-sample symmetric, default) or ``"zero"``.
 
-``quirks="reference"`` reproduces the public DDNM / DDRM blur matrices, for paper-comparable numbers:
+``quirks="reference"`` builds the public DDNM / DDRM blur matrices, for paper-comparable numbers:
 
 1. the last kernel tap is dropped (their loop is ``range(i - k//2, i + k//2)``), so rows sum to less
    than 1 (8/9 for the uniform kernel) and the kernel is no longer symmetric;
 2. zero padding at the borders (whatever ``padding`` says);
 3. 1-D singular values below 3e-2 (absolute) are set to 0 (unless ``cutoff`` is given).
 
-It is never on by default.
+It is never on by default. It reproduces those matrices, not the reference code's effective operator:
+that code repeats the singular values channel-major while its ``Vt`` interleaves the channels, so the
+``A`` it applies is not the blur it names. Ours applies the blur of these matrices exactly.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from collections.abc import Sequence
 
 import torch
 
+from .common import REFERENCE_CUTOFF
+from .common import quirks as _quirks
 from .separable import SeparableSVD, conv_matrix
-from .sr import REFERENCE_CUTOFF, _quirks
 
 
 def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .base import SVDOperator
+from .common import basis_with_first_row
 
 WEIGHTS = {
     "equal": (1 / 3, 1 / 3, 1 / 3),
@@ -40,17 +41,6 @@ def grey_weights(weights: str | Sequence[float]) -> Tensor:
     if w.shape != (3,) or bool((w < 0).any()) or float(w.sum()) <= 0:
         raise ValueError(f"weights must be three non-negative numbers with a positive sum, got {weights!r}")
     return w
-
-
-def basis_with_first_row(e: Tensor) -> Tensor:
-    """Orthonormal ``(n, n)`` matrix whose first row is the unit vector ``e`` (Householder, symmetric)."""
-    n = e.shape[-1]
-    e1 = torch.zeros_like(e)
-    e1[0] = 1.0
-    v = e - e1
-    vv = float(v @ v)
-    eye = torch.eye(n, dtype=e.dtype)
-    return eye if vv < 1e-30 else eye - 2.0 * torch.outer(v, v) / vv
 
 
 class Colorize(SVDOperator):

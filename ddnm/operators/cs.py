@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .base import SVDOperator
-from .sr import _blocks, _unblocks
+from .blocks import BlockBasisOperator
 
 
 def hadamard(n: int) -> Tensor:
@@ -112,53 +112,27 @@ def random_orthogonal(n: int, seed: int) -> Tensor:
     return q * torch.sign(torch.diagonal(r))[None, :]
 
 
-class BlockCS(SVDOperator):
-    """Block CS: ``(B, C, H, W)`` -> ``(B, C, H/b, W/b, m)``, ``m = round(ratio * b^2)``."""
+class BlockCS(BlockBasisOperator):
+    """Block CS: ``(B, C, H, W)`` -> ``(B, C, H/b, W/b, m)``, ``m = round(ratio * b^2)``.
+
+    The block-basis operator with a seeded random orthogonal basis (rows = measurement vectors).
+    """
 
     name = "cs_block"
 
     def __init__(self, x_shape: Sequence[int], block: int = 32, ratio: float = 0.25, seed: int = 0) -> None:
-        super().__init__(x_shape)
-        C, H, W = self.x_shape
+        _, H, W = (int(v) for v in x_shape)
         if int(block) != block or block < 1 or H % block or W % block:
             raise ValueError(f"block={block} must be a positive integer dividing H={H} and W={W}")
-        self.block = b = int(block)
-        self.m = kept_count(ratio, b * b, f"a {b}x{b} block")
-        # rows of Phi are the measurement vectors: Phi = Q^T, so V = Q
-        self.register_buffer("Phi", random_orthogonal(b * b, seed).T.contiguous())
+        b = int(block)
+        m = kept_count(ratio, b * b, f"a {b}x{b} block")
+        # rows of Phi are the measurement vectors: Phi = Q^T of the random orthogonal Q
+        super().__init__(x_shape, block=b, basis=random_orthogonal(b * b, seed).T.contiguous(), kept=m)
 
-    def A(self, x: Tensor) -> Tensor:
-        self._check_x(x)
-        return _blocks(x, self.block) @ self._buf("Phi", x)[: self.m].T
-
-    def A_pinv(self, y: Tensor) -> Tensor:
-        return _unblocks(y @ self._buf("Phi", y)[: self.m], self.block)
-
-    def Vt(self, x: Tensor) -> Tensor:
-        return (_blocks(x, self.block) @ self._buf("Phi", x).T).reshape(x.shape[0], -1)
-
-    def V(self, c: Tensor) -> Tensor:
-        C, H, W = self.x_shape
-        b = self.block
-        c = c.reshape(c.shape[0], C, H // b, W // b, b * b)
-        return _unblocks(c @ self._buf("Phi", c), b)
-
-    def U(self, c: Tensor) -> Tensor:
-        C, H, W = self.x_shape
-        b = self.block
-        return c.reshape(c.shape[0], C, H // b, W // b, b * b)[..., : self.m]
-
-    def Ut(self, y: Tensor) -> Tensor:
-        c = torch.zeros(*y.shape[:-1], self.block**2, dtype=y.dtype, device=y.device)
-        c[..., : self.m] = y
-        return c.reshape(y.shape[0], -1)
-
-    def singulars(self) -> Tensor:
-        C, H, W = self.x_shape
-        b = self.block
-        s = torch.zeros(C, H // b, W // b, b * b, dtype=self._ref.dtype, device=self._ref.device)
-        s[..., : self.m] = 1.0
-        return s.reshape(-1)
+    @property
+    def Phi(self) -> Tensor:
+        """The ``(b^2, b^2)`` measurement basis (rows), the first ``m`` rows observed."""
+        return self.Q
 
     def y_to_image(self, y: Tensor) -> Tensor:
         return self.A_pinv(y)

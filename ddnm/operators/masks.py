@@ -25,6 +25,15 @@ from torch import Tensor
 
 _NPY_MAGIC = b"\x93NUMPY"
 
+MASK_KEYWORDS = ("random", "none", "box", "center")
+"""Built-in masks of the ``mask`` setting; any other string names a mask file (or a folder of them)."""
+
+
+def is_mask_file(value: Any) -> bool:
+    """Whether a ``mask`` setting names a file or folder (any string but a keyword) rather than a
+    built-in mask, None or an array."""
+    return isinstance(value, str | os.PathLike) and str(value).lower() not in MASK_KEYWORDS
+
 
 def _binarize(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.bool_:
@@ -53,6 +62,28 @@ def _check_size(t: Tensor, H: int, W: int, source: str) -> Tensor:
     return t
 
 
+def read_mask(data: bytes, source: str = "<bytes>") -> Tensor:
+    """A PNG (any format Pillow reads) or ``.npy`` mask of any size from its bytes -> ``(B', C', h, w)``
+    float 0/1. Raises ValueError starting with ``mask <source>:``."""
+    if not data:
+        raise ValueError(f"mask {source}: empty file")
+    if data[:6] == _NPY_MAGIC:
+        try:
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        except Exception as e:
+            raise ValueError(f"mask {source}: not a valid .npy array ({type(e).__name__}: {e})") from e
+        m = torch.from_numpy(_binarize(np.asarray(arr)))
+    else:
+        from PIL import Image, ImageOps
+
+        try:
+            img = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L")
+        except Exception as e:  # Pillow raises several types for bad data
+            raise ValueError(f"mask {source}: not a PNG or .npy mask ({e})") from e
+        m = torch.from_numpy(_binarize(np.asarray(img, dtype=np.uint8)))
+    return _as_4d(m, None, source)
+
+
 def _read(path_or_bytes: str | os.PathLike | bytes) -> tuple[Tensor, str]:
     """Read a PNG or ``.npy`` mask of any size -> (``(B', C', h, w)`` float 0/1, source name)."""
     if isinstance(path_or_bytes, bytes | bytearray):
@@ -64,18 +95,7 @@ def _read(path_or_bytes: str | os.PathLike | bytes) -> tuple[Tensor, str]:
                 data = f.read()
         except OSError as e:
             raise ValueError(f"mask {source}: cannot read it ({e})") from e
-    if data[:6] == _NPY_MAGIC:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-        m = torch.from_numpy(_binarize(np.asarray(arr)))
-    else:
-        from PIL import Image
-
-        try:
-            img = Image.open(io.BytesIO(data)).convert("L")
-        except Exception as e:  # Pillow raises several types for bad data
-            raise ValueError(f"mask {source}: not a PNG or .npy mask ({e})") from e
-        m = torch.from_numpy(_binarize(np.asarray(img, dtype=np.uint8)))
-    return _as_4d(m, None, source), source
+    return read_mask(data, source), source
 
 
 def load_mask(path_or_bytes: str | os.PathLike | bytes, H: int, W: int) -> Tensor:
@@ -151,6 +171,8 @@ def resolve_mask(
     sizes = [(H, W), *grids]
     if mask is None and masks is None:
         mask = default
+    if isinstance(mask, str) and mask.lower() in MASK_KEYWORDS:
+        mask = mask.lower()
     if isinstance(mask, str) and mask == "random":
         return random_mask(H, W, keep, seed)
     if isinstance(mask, str) and mask == "none":

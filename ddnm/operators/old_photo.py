@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import SVDOperator
-from .color import basis_with_first_row, grey_weights
-from .sr import _blocks, _unblocks
+from .color import grey_weights
+from .common import basis_with_first_row
+from .common import blocks as _blocks
+from .common import unblocks as _unblocks
 
 
 class OldPhoto(SVDOperator):

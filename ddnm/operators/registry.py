@@ -28,6 +28,47 @@ from .base import Operator
 
 Settings = dict[str, tuple[Any, type, str]]
 
+_BOOL_WORDS = {"true": True, "yes": True, "1": True, "on": True,
+               "false": False, "no": False, "0": False, "off": False}
+_KINDS = {"int": int, "float": float, "str": str, "bool": bool, "tuple": tuple, "list": list}
+
+
+def coerce(value: Any, kind: Any, *, name: str) -> Any:
+    """A setting's value (often text from ``--set k=v`` or YAML) -> its declared ``kind``.
+
+    The one parser of task settings. ``int`` accepts ``"4"``, ``"4.0"`` and ``4.0`` but not ``4.5``;
+    ``bool`` accepts true/false/yes/no/on/off/1/0; ``tuple`` / ``list`` accept ``"1,2,3,4"`` (brackets
+    optional), numbers becoming int where integral. None and untyped settings pass unchanged.
+    Raises ValueError ``"<name>=<value>: expected a value of type <kind>"``.
+    """
+    if value is None or kind in (None, Any, object):
+        return value
+    kind = _KINDS.get(kind, str) if isinstance(kind, str) else kind
+    try:
+        if kind is bool:
+            return value if isinstance(value, bool) else _BOOL_WORDS[str(value).strip().lower()]
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            number = float(value) if isinstance(value, str | float) else value
+            if isinstance(number, float) and not number.is_integer():
+                raise ValueError(value)
+            return int(number)
+        if kind is float and isinstance(value, bool):
+            raise ValueError(value)
+        if kind in (tuple, list) and isinstance(value, str):
+            parts = [p.strip() for p in value.strip().strip("()[]").split(",") if p.strip()]
+            return kind(_number(p) for p in parts)
+        return kind(value)
+    except (KeyError, ValueError, TypeError):
+        raise ValueError(f"{name}={value!r}: expected a value of type {getattr(kind, '__name__', kind)}") \
+            from None
+
+
+def _number(text: str) -> int | float:
+    as_float = float(text)
+    return int(as_float) if as_float.is_integer() else as_float
+
 
 @dataclass(frozen=True, kw_only=True)
 class TaskInfo:
@@ -39,6 +80,8 @@ class TaskInfo:
         settings: ``{name: (default, type, help)}``.
         builder: ``builder(x_shape, **settings) -> Operator`` with every setting given.
         restore_from_image: whether ``op.observe`` can read ``y`` from an already degraded image.
+        observes_grey: whether that degraded image is grey (colorization, old photos): restore mode
+            reads it with one channel; every other task reads three.
         has_svd: whether the built operator has the SVD view (DDNM+ per singular value).
         check: ``check(x_shape, settings)`` raising ValueError naming a bad setting.
         obs_to_x: ``obs_to_x(obs_shape, settings) -> x_shape`` (restore mode), None when impossible.
@@ -52,12 +95,12 @@ class TaskInfo:
     has_svd: bool
     check: Callable[[tuple[int, int, int], dict[str, Any]], None]
     obs_to_x: Callable[[tuple[int, ...], dict[str, Any]], tuple[int, int, int]] | None = None
+    observes_grey: bool = False
 
     def resolve(self, **settings: Any) -> dict[str, Any]:
         """Defaults updated by ``settings``; unknown names and uncoercible numbers are ValueErrors.
 
-        Strings given for int / float settings are converted (command-line values), ``"1,2,3,4"`` for
-        tuple settings becomes a tuple of ints.
+        Values are converted to the declared types by :func:`coerce` (command-line text included).
         """
         unknown = sorted(set(settings) - set(self.settings))
         if unknown:
@@ -66,15 +109,7 @@ class TaskInfo:
             )
         out = {k: v[0] for k, v in self.settings.items()}
         for k, v in settings.items():
-            typ = self.settings[k][1]
-            try:
-                if isinstance(v, str) and typ in (int, float):
-                    v = typ(v)
-                elif isinstance(v, str) and typ is tuple:  # CLI form "1,2,3,4"
-                    v = tuple(int(p) for p in v.split(","))
-            except ValueError as e:
-                raise ValueError(f"setting {k}={v!r} of task {self.name!r} is not {typ.__name__}") from e
-            out[k] = v
+            out[k] = coerce(v, self.settings[k][1], name=k)
         return out
 
     def validate(self, x_shape: tuple[int, ...], **settings: Any) -> None:
@@ -116,7 +151,13 @@ def register(info: TaskInfo) -> TaskInfo:
     return info
 
 
-def _load_class(path: str) -> type[Operator]:
+def is_custom(task: str) -> bool:
+    """Whether ``task`` is a dotted ``"package.module:Class"`` path rather than a registered name."""
+    return ":" in task
+
+
+def load_operator_class(path: str) -> type[Operator]:
+    """``"package.module:Class"`` -> the Operator subclass; ValueError naming the path otherwise."""
     mod_name, _, cls_name = path.partition(":")
     try:
         cls = getattr(importlib.import_module(mod_name), cls_name)
@@ -156,8 +197,8 @@ def build(
         raise ValueError(f"task must be a task name or 'package.module:Class', got {task!r}")
     if task in TASKS:
         op = TASKS[task].build(x_shape, **settings)
-    elif ":" in task:
-        cls = _load_class(task)
+    elif is_custom(task):
+        cls = load_operator_class(task)
         try:
             op = cls(x_shape=_check_shape(x_shape), **settings)
         except TypeError as e:
@@ -187,6 +228,7 @@ def tasks_json() -> list[dict[str, Any]]:
             },
             "has_svd": t.has_svd,
             "restore_from_image": t.restore_from_image,
+            "observes_grey": t.observes_grey,
         }
         for t in TASKS.values()
     ]

@@ -20,34 +20,29 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import SVDOperator
-from .color import basis_with_first_row
+from .blocks import BlockBasisOperator
+from .common import REFERENCE_CUTOFF, basis_with_first_row, check_observed
+from .common import quirks as quirks_on
 
 
-def _blocks(x: Tensor, s: int) -> Tensor:
-    """``(B, C, H, W)`` -> ``(B, C, H/s, W/s, s*s)``."""
-    B, C, H, W = x.shape
-    b = x.reshape(B, C, H // s, s, W // s, s).permute(0, 1, 2, 4, 3, 5)
-    return b.reshape(B, C, H // s, W // s, s * s)
+class AvgPoolSR(BlockBasisOperator):
+    """``s x s`` block mean: ``(B, C, H, W)`` -> ``(B, C, H/s, W/s)``; ``s`` must divide ``H`` and ``W``.
 
-
-def _unblocks(b: Tensor, s: int) -> Tensor:
-    """``(B, C, h, w, s*s)`` -> ``(B, C, h*s, w*s)``."""
-    B, C, h, w, _ = b.shape
-    return b.reshape(B, C, h, w, s, s).permute(0, 1, 2, 4, 3, 5).reshape(B, C, h * s, w * s)
-
-
-class AvgPoolSR(SVDOperator):
-    """``s x s`` block mean: ``(B, C, H, W)`` -> ``(B, C, H/s, W/s)``; ``s`` must divide ``H`` and ``W``."""
+    The block-basis operator with one kept coefficient (basis row ``1/s 1``, singular value ``1/s``);
+    ``A`` and ``A_pinv`` use the direct formulas (pooling, replication), equal to the basis form.
+    """
 
     name = "sr_avgpool"
 
     def __init__(self, x_shape: Sequence[int], scale: int = 4) -> None:
-        super().__init__(x_shape)
-        C, H, W = self.x_shape
+        _, H, W = (int(v) for v in x_shape)
         if int(scale) != scale or scale < 1 or H % scale or W % scale:
             raise ValueError(f"scale must be a positive integer dividing H={H} and W={W}, got {scale}")
-        self.scale = s = int(scale)
-        self.register_buffer("Q", basis_with_first_row(torch.full((s * s,), 1.0 / s, dtype=torch.float64)))
+        s = int(scale)
+        first = torch.full((s * s,), 1.0 / s, dtype=torch.float64)
+        super().__init__(x_shape, block=s, basis=basis_with_first_row(first), kept=1, sigma=1.0 / s,
+                         image_y=True)
+        self.scale = s
 
     def A(self, x: Tensor) -> Tensor:
         self._check_x(x)
@@ -57,46 +52,10 @@ class AvgPoolSR(SVDOperator):
         s = self.scale
         return y.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
 
-    def Vt(self, x: Tensor) -> Tensor:
-        return (_blocks(x, self.scale) @ self._buf("Q", x).T).reshape(x.shape[0], -1)
-
-    def V(self, c: Tensor) -> Tensor:
-        C, H, W = self.x_shape
-        s = self.scale
-        c = c.reshape(c.shape[0], C, H // s, W // s, s * s)
-        return _unblocks(c @ self._buf("Q", c), s)
-
-    def U(self, c: Tensor) -> Tensor:
-        C, H, W = self.x_shape
-        s = self.scale
-        return c.reshape(c.shape[0], C, H // s, W // s, s * s)[..., 0]
-
-    def Ut(self, y: Tensor) -> Tensor:
-        s2 = self.scale**2
-        c = torch.zeros(*y.shape, s2, dtype=y.dtype, device=y.device)
-        c[..., 0] = y
-        return c.reshape(y.shape[0], -1)
-
-    def singulars(self) -> Tensor:
-        C, H, W = self.x_shape
-        s = self.scale
-        sing = torch.zeros(C, H // s, W // s, s * s, dtype=self.Q.dtype, device=self.Q.device)
-        sing[..., 0] = 1.0 / s
-        return sing.reshape(-1)
-
     def observe(self, image: Tensor) -> Tensor:
         """The low-resolution image ``(B, C, H/s, W/s)`` is ``y`` itself."""
-        return _check_lr(self, image)
-
-
-def _check_lr(op: SVDOperator, image: Tensor) -> Tensor:
-    C, H, W = op.x_shape
-    s = op.scale
-    want = (C, H // s, W // s)
-    if image.dim() != 4 or tuple(image.shape[1:]) != want:
-        raise ValueError(f"{op.name}: observed image must be (B, {', '.join(map(str, want))}), "
-                         f"got {tuple(image.shape)}")
-    return image
+        C, H, W = self.x_shape
+        return check_observed(self.name, image, (C, H // self.scale, W // self.scale))
 
 
 def keys_cubic(x: Tensor, a: float = -0.5) -> Tensor:
@@ -148,7 +107,7 @@ def bicubic_sr(
     from .separable import SeparableSVD
 
     _, H, W = x_shape
-    ref = _quirks(quirks)
+    ref = quirks_on(quirks)
     op = SeparableSVD(
         x_shape,
         bicubic_matrix(H, scale, padding, reference=ref),
@@ -160,11 +119,3 @@ def bicubic_sr(
     op.scale = int(scale)
     return op
 
-
-REFERENCE_CUTOFF = 3e-2
-
-
-def _quirks(quirks: str | None) -> bool:
-    if quirks not in (None, "reference"):
-        raise ValueError(f"quirks must be None or 'reference', got {quirks!r}")
-    return quirks == "reference"

@@ -6,6 +6,7 @@ from typing import Any
 
 from . import blur
 from .color import Colorize, grey_weights
+from .common import quirks as _quirks
 from .cs import BlockCS, WalshCS, kept_count
 from .denoise import Identity
 from .inpaint import Inpaint
@@ -13,7 +14,7 @@ from .masks import resolve_mask
 from .old_photo import OldPhoto
 from .registry import Settings, TaskInfo, register
 from .separable import PADDINGS
-from .sr import AvgPoolSR, _quirks, bicubic_sr
+from .sr import AvgPoolSR, bicubic_sr
 
 Shape = tuple[int, int, int]
 
@@ -103,6 +104,7 @@ register(TaskInfo(
     has_svd=True,
     check=lambda x_shape, s: _check_colorize(x_shape, s),
     obs_to_x=lambda obs, s: (3, obs[1], obs[2]),
+    observes_grey=True,
 ))
 
 register(TaskInfo(
@@ -286,4 +288,5 @@ register(TaskInfo(
     has_svd=True,
     check=_check_old_photo,
     obs_to_x=lambda obs, s: (3, obs[1] * s["scale"], obs[2] * s["scale"]),
+    observes_grey=True,
 ))

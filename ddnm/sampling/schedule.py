@@ -42,6 +42,23 @@ def cosine_schedule(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) ->
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+SCHEDULES = {"linear": linear_schedule, "cosine": cosine_schedule}
+
+
+def schedule_alpha_bar(name: str, T: int) -> torch.Tensor:
+    """``alpha_bar`` of the named schedule ("linear" or "cosine") over ``T`` steps."""
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {name!r}")
+    return SCHEDULES[name](T)
+
+
+def model_alpha_bar(model) -> torch.Tensor:
+    """The schedule that travels with ``model`` (``model.alpha_bar()``); a bare callable ``eps(x, t)``
+    without one gets the linear schedule of T = 1000 (DDPM's, used by every public checkpoint here)."""
+    own = getattr(model, "alpha_bar", None)
+    return own() if callable(own) else linear_schedule(1000)
+
+
 def skip_steps(steps: int, T: int = 1000) -> list[int]:
     """Uniform skip, as the reference code: ``skip = T // steps``, ``t = (steps-1)*skip, ..., skip, 0, -1``.
 

@@ -1,0 +1,284 @@
+"""One restoration path: images in, restored images, observations and per-image metrics out.
+
+The notebook API (``ddnm.restore``) and the batch worker (``cluster/``) both call the functions here,
+so "observe or degrade, sample, score" exists once:
+
+* :class:`Task` -- a task (registered name or ``pkg.mod:Class``) with its settings, and the rules that
+  depend on it: which channels an input is read with (:meth:`Task.prepare`), the clean image's shape
+  (:meth:`Task.x_shape`), whether an input size fits (:meth:`Task.check`), the operator (:meth:`Task.build`);
+* :func:`restore_batch` -- observe (restore mode) or degrade (evaluate mode), sample K per image with
+  :func:`sample_batch`, and compute the metrics.
+
+Scales: images on ``[0, 1]`` in and out; inside, ``[-1, 1]``. ``sigma_y`` is the observation noise std
+on the ``[0, 1]`` scale (as the paper and job files quote it); the sampler gets ``2 * sigma_y``.
+
+Randomness: image ``key``'s k-th sample draws from ``image_generator(seed, key)`` (k = 0) or
+``image_generator(seed, key, k)`` (k > 0), so sample 0 of a K-sample run equals the 1-sample run; the
+observation noise of evaluate mode draws from ``image_generator(seed, key, "noise")``. Results do not
+depend on the batch an image lands in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ddnm import metrics
+from ddnm.operators import TASKS, Operator, build, is_custom, load_operator_class
+from ddnm.sampling import ddnm_sample, image_generator
+from ddnm.sampling.schedule import model_alpha_bar
+
+MODES = ("evaluate", "restore")
+LUMA = (0.299, 0.587, 0.114)
+"""ITU-R 601 weights: an RGB input for a one-channel model is read as its luma (Pillow's "L")."""
+
+
+# ----------------------------------------------------------------------------------------------- task
+@dataclass(frozen=True)
+class Task:
+    """A task and its settings (per-image ``masks`` travel with the batch, not here).
+
+    ``name`` is a registered task name or a ``"package.module:Class"`` path; ``settings`` are the
+    task's settings, converted to their declared types when the task declares them.
+    """
+
+    name: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, task: str | Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> Task:
+        """From a name (plus ``settings``) or a ``{"task": name, **settings}`` dict."""
+        settings = dict(settings or {})
+        if isinstance(task, Mapping):
+            spec = dict(task)
+            if "task" not in spec:
+                raise ValueError(f"task spec needs a 'task' key, got keys {sorted(spec)}")
+            task = spec.pop("task")
+            settings = {**spec, **settings}
+        if not isinstance(task, str):
+            raise ValueError(f"task must be a task name, a spec dict or an Operator, "
+                             f"got {type(task).__name__}")
+        if task in TASKS:
+            info = TASKS[task]
+            typed = info.resolve(**{k: v for k, v in settings.items() if k != "masks"})
+            settings = {k: typed[k] for k in settings if k != "masks"}
+        elif not is_custom(task):
+            raise ValueError(f"unknown task {task!r}; known tasks: {sorted(TASKS)} or 'package.module:Class'")
+        return cls(task, settings)
+
+    @property
+    def observes_grey(self) -> bool:
+        """Whether restore mode reads a grey image (colorization, old photos) rather than RGB."""
+        if self.name in TASKS:
+            return TASKS[self.name].observes_grey
+        return bool(getattr(load_operator_class(self.name), "observes_grey", False))
+
+    def prepare(self, images: torch.Tensor, *, mode: str, model_channels: int) -> torch.Tensor:
+        """Inputs ``(B, C, H, W)`` on ``[0, 1]`` as decoded -> the channels the task and model take.
+
+        evaluate: the clean image in the model's channels (grey repeated to RGB, RGB to luma for a
+        one-channel model). restore: grey observations stay grey for a task that observes grey, and
+        are repeated to RGB for every other task.
+        """
+        _check_mode(mode)
+        c = images.shape[1]
+        return match_channels(images, model_channels if mode == "evaluate" else (
+            c if self.observes_grey else 3))
+
+    def x_shape(self, image_shape: Sequence[int], *, mode: str, model_channels: int) -> tuple[int, int, int]:
+        """The clean image's ``(C, H, W)`` for a prepared input of ``image_shape`` ``(C', h, w)``."""
+        _check_mode(mode)
+        shape = tuple(int(v) for v in image_shape)
+        if mode == "evaluate":
+            return shape  # type: ignore[return-value]
+        if self.name in TASKS:
+            return TASKS[self.name].x_shape_from_observation(shape, **self.settings)
+        return (model_channels, *shape[1:])
+
+    def check(self, image_shape: Sequence[int], *, mode: str, model_channels: int) -> str | None:
+        """Why a prepared input of ``image_shape`` cannot be restored with this task, or None."""
+        h, w = image_shape[1:]
+        try:
+            x_shape = self.x_shape(image_shape, mode=mode, model_channels=model_channels)
+            if self.name in TASKS:
+                TASKS[self.name].validate(x_shape, **self.settings)
+        except NotImplementedError as e:
+            return str(e)
+        except (ValueError, TypeError) as e:
+            return f"size {w}x{h} does not fit the task {self.name}: {e}"
+        return None
+
+    def build(self, x_shape: Sequence[int], *, device=None, masks: torch.Tensor | None = None) -> Operator:
+        """The operator for clean images of ``x_shape``; ``masks`` (B or 1, 1, H, W) per image."""
+        extra = {} if masks is None else {"masks": masks}
+        return build(self.name, x_shape=x_shape, device=device, **dict(self.settings), **extra)
+
+
+def match_channels(images: torch.Tensor, want: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, want, H, W): grey repeated, RGB to luma (:data:`LUMA`), else unchanged."""
+    c = images.shape[1]
+    if c == want:
+        return images
+    if c == 1:
+        return images.expand(-1, want, -1, -1)
+    if want == 1 and c == 3:
+        w = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+        return (images * w).sum(1, keepdim=True)
+    raise ValueError(f"images with {c} channels cannot be read as {want}-channel images")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+# -------------------------------------------------------------------------------------------- sampling
+@dataclass(frozen=True, kw_only=True)
+class BatchSamples:
+    """Result of :func:`sample_batch`."""
+
+    x: torch.Tensor
+    """(B, C, H, W) mean of the K samples' final x0, ``[-1, 1]`` scale, not clamped."""
+    std: torch.Tensor | None
+    """(B, C, H, W) per-pixel std over the K samples clamped to ``[0, 1]`` (None when K = 1)."""
+    model_calls: int
+    """Model calls per sample (a K-sample batch evaluates the model on B*K images per call)."""
+
+
+def generators_for(keys: Sequence[str], seed: int, samples: int, device) -> list[torch.Generator]:
+    """One generator per (image, sample), image-major: ``[(key0, 0), (key0, 1), ..., (key1, 0), ...]``."""
+    return [image_generator(seed, key, device, *([k] if k else [])) for key in keys for k in range(samples)]
+
+
+def observation_noise(keys: Sequence[str], seed: int, shape: Sequence[int], device) -> torch.Tensor:
+    """(B, *shape) standard normal noise for evaluate-mode observations, keyed per image."""
+    return torch.stack([torch.randn(tuple(shape), generator=image_generator(seed, k, device, "noise"),
+                                    device=device) for k in keys])
+
+
+def evaluate_observation(
+    op, x: torch.Tensor, *, sigma_y: float, seed: int, keys: Sequence[str]
+) -> torch.Tensor:
+    """``y = A x + 2 sigma_y n`` for clean images x on ``[-1, 1]`` (sigma_y on the ``[0, 1]`` scale)."""
+    y = op.A(x)
+    if sigma_y > 0:
+        y = y + (2.0 * sigma_y) * observation_noise(keys, seed, y.shape[1:], y.device).to(y.dtype)
+    return y
+
+
+@torch.no_grad()
+def sample_batch(
+    model,
+    op,
+    y: torch.Tensor,
+    *,
+    keys: Sequence[str],
+    seed: int = 0,
+    steps: int = 100,
+    eta: float = 0.85,
+    sigma_y: float = 0.0,
+    travel: Sequence[int] = (1, 1, 1),
+    samples: int = 1,
+    dtype: torch.dtype | None = None,
+    alpha_bar: torch.Tensor | None = None,
+    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> BatchSamples:
+    """K samples for each of B observations in one batched DDNM pass.
+
+    model, op and y on one device; op built for the B images (per-image buffers are repeated with
+    ``op.select``). sigma_y on the ``[0, 1]`` scale. dtype: the sampler state is float64 when dtype or
+    y is float64, else float32 (a bf16/fp16 model casts inside its adapter). alpha_bar defaults to the
+    schedule that travels with the model (``model.alpha_bar()``).
+    """
+    if len(keys) != y.shape[0]:
+        raise ValueError(f"keys must hold one key per image: got {len(keys)} for a batch of {y.shape[0]}")
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an int >= 1, got {samples!r}")
+    if float(sigma_y) < 0:
+        raise ValueError(f"sigma_y must be >= 0, got {sigma_y!r}")
+    b = y.shape[0]
+    state = torch.float64 if torch.float64 in (dtype, y.dtype) else torch.float32
+    y = y.to(state)
+    if samples > 1:
+        idx = [i for i in range(b) for _ in range(samples)]
+        y = y[idx]
+        op = op.select(idx) if hasattr(op, "select") else op
+    abar = model_alpha_bar(model) if alpha_bar is None else alpha_bar
+    out = ddnm_sample(model, y, op, abar, steps=steps, eta=eta, sigma_y=2.0 * float(sigma_y),
+                      travel=tuple(travel), generators=generators_for(keys, seed, samples, y.device),
+                      callback=callback)
+    xs = out.x.view(b, samples, *out.x.shape[1:])
+    std = ((xs.clamp(-1, 1) + 1) / 2).std(dim=1) if samples > 1 else None
+    return BatchSamples(x=xs.mean(dim=1), std=std, model_calls=out.model_calls)
+
+
+# ------------------------------------------------------------------------------------------- restore
+METRICS = ("psnr", "ssim", "consistency", "consistency_clamped")
+"""The per-image metrics :func:`restore_batch` computes (psnr and ssim in evaluate mode only)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchRestoration:
+    """Result of :func:`restore_batch`, on the images' device."""
+
+    images: torch.Tensor
+    """(B, C, H, W) float32 on ``[0, 1]``: the clamped mean of the K samples."""
+    std: torch.Tensor | None
+    """(B, C, H, W) per-pixel std over the K samples on ``[0, 1]``, or None when K = 1."""
+    observations: torch.Tensor
+    """y (leading dim B) on the ``[-1, 1]`` scale, as the operator returns it."""
+    observation_images: torch.Tensor
+    """``op.y_to_image(y)`` mapped to ``[0, 1]``, for display."""
+    metrics: dict[str, torch.Tensor]
+    """name -> (B,) float64, the names of :data:`METRICS` that apply to the mode."""
+    model_calls: int
+    """Model calls per sample."""
+
+
+@torch.no_grad()
+def restore_batch(
+    model,
+    op: Operator,
+    images: torch.Tensor,
+    *,
+    mode: str,
+    keys: Sequence[str],
+    seed: int = 0,
+    steps: int = 100,
+    eta: float = 0.85,
+    sigma_y: float = 0.0,
+    travel: Sequence[int] = (1, 1, 1),
+    samples: int = 1,
+    dtype: torch.dtype | None = None,
+    callback: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> BatchRestoration:
+    """Restore B prepared images (:meth:`Task.prepare`) with DDNM (``sigma_y == 0``) or DDNM+.
+
+    images: (B, C, H, W) on ``[0, 1]`` on the model's device. evaluate mode: clean images, degraded
+    here (``y = A x + 2 sigma_y n``, paper eq. 16) and scored against (PSNR, SSIM); restore mode:
+    observations as the user has them (``y = op.observe(image)``). op: built for these images
+    (:meth:`Task.build`). Consistency ``||A x0 - y||`` is recorded before and after clamping x0.
+    """
+    _check_mode(mode)
+    pm1 = images.float() * 2 - 1
+    if mode == "evaluate":
+        y = evaluate_observation(op, pm1, sigma_y=sigma_y, seed=seed, keys=keys)
+    else:
+        y = op.observe(pm1)
+    out = sample_batch(model, op, y, keys=keys, seed=seed, steps=steps, eta=eta, sigma_y=sigma_y,
+                       travel=travel, samples=samples, dtype=dtype, callback=callback)
+    x = out.x.float()  # (B, C, H, W) [-1, 1], mean of K samples, unclamped
+    restored = (x.clamp(-1, 1) + 1) / 2
+    y = y.float()
+    scores = {"consistency": metrics.consistency(op, x, y),
+              "consistency_clamped": metrics.consistency(op, x.clamp(-1, 1), y)}
+    if mode == "evaluate":
+        scores["psnr"] = metrics.psnr(restored, images.float())
+        scores["ssim"] = metrics.ssim(restored, images.float())
+    view = (op.y_to_image(y).float().clamp(-1, 1) + 1) / 2
+    return BatchRestoration(images=restored, std=None if out.std is None else out.std.float(),
+                            observations=y, observation_images=view, metrics=scores,
+                            model_calls=out.model_calls)
