@@ -9,7 +9,7 @@ DDNM steps of 4x average-pool super-resolution:
       in bf16, norms in fp32, as ``ddnm.models.build(dtype="bf16")`` makes it), channels_last, no host
       synchronisation in the loop, over a batch sweep; with torch.compile, and with compile + CUDA
       graphs (``mode="reduce-overhead"``) at the largest batches; plus the batch the worker picks
-      automatically (``cluster.sampling.ShardSampler.batch_size``).
+      automatically (``cluster.restorer.BatchRestorer.batch_size``).
 
 Columns: images/s; model TFLOP/s achieved (FLOPs of one batch-1 forward counted once per model with
 ``torch.utils.flop_counter.FlopCounterMode``, times model calls and images, over the wall time); % of
@@ -158,12 +158,12 @@ def _calls(args) -> int:
 
 def auto_batch_size(name: str, size: int, device: torch.device, dtype: str) -> int:
     """The batch the batch worker would choose for this model on this device (its own probe)."""
-    from cluster.sampling import ShardSampler
+    from cluster.config import WorkerConfig
+    from cluster.restorer import BatchRestorer
 
-    config = {"task": "sr_avgpool", "task_settings": {"scale": SCALE}, "mode": "evaluate", "model": name,
-              "checkpoint": "random", "dtype": dtype, "samples": 1, "batch_size": None, "steps": 1,
-              "eta": ETA, "sigma_y": 0.0, "travel": [1, 1, 1], "seed": 0}
-    sampler = ShardSampler(config, device)
+    config = WorkerConfig(input_url="", output_url="", task="sr_avgpool", task_settings={"scale": SCALE},
+                          mode="evaluate", model=name, checkpoint="random", dtype=dtype, steps=1, eta=ETA)
+    sampler = BatchRestorer(config, device)
     try:
         return int(sampler.batch_size((3, size, size)))
     finally:

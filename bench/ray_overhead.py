@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from cluster import io  # noqa: E402
+from cluster import images, storage  # noqa: E402
+from cluster.config import WorkerConfig  # noqa
 from cluster.dispatcher import Dispatcher  # noqa: E402
 from cluster.runtime import init_ray, shutdown_ray  # noqa: E402
 
@@ -53,7 +54,7 @@ def make_inputs(root: str, n: int, size: int) -> list[str]:
     g = torch.Generator().manual_seed(0)
     keys = [f"img{i:04d}.png" for i in range(n)]
     for k in keys:
-        io.write_bytes(io.join(root, k), io.encode_png(torch.rand(3, size, size, generator=g)))
+        storage.write_bytes(storage.join(root, k), images.encode_png(torch.rand(3, size, size, generator=g)))
     return keys
 
 
@@ -77,13 +78,13 @@ def plain_loop(cfg: dict, keys: list[str]) -> tuple[float, float]:
     bs = cfg["batch_size"]
     for i in range(0, len(keys), bs):
         batch = keys[i:i + bs]
-        x = torch.stack([io.decode_image(io.read_bytes(io.join(cfg["input_url"], k)), k, channels=3)
+        x = torch.stack([images.decode_image(storage.read_bytes(storage.join(cfg["input_url"], k)), k)
                          for k in batch])
         res = ddnm.restore(x, cfg["task"], model, mode="evaluate", steps=cfg["steps"], eta=cfg["eta"],
                            sigma_y=cfg["sigma_y"], travel=cfg["travel"], seed=cfg["seed"], keys=batch,
                            **cfg["task_settings"])
         for k, img in zip(batch, res.images, strict=True):
-            io.write_bytes(io.join(cfg["output_url"], "images", k), io.encode_png(img))
+            storage.write_bytes(storage.join(cfg["output_url"], "images", k), images.encode_png(img))
     t2 = time.perf_counter()
     return len(keys) / (t2 - t1), len(keys) / (t2 - t0)
 
@@ -98,7 +99,7 @@ def ray_job(cfg: dict, shards: list[dict], workers: int, worker_cls=None) -> tup
     n = sum(len(s["keys"]) for s in shards)
     got: list[tuple[float, dict]] = []
     kw = {"worker_cls": worker_cls} if worker_cls else {}
-    d = Dispatcher(cfg, num_workers=workers, gpus_per_worker=0, cpus_per_worker=1, **kw)
+    d = Dispatcher(WorkerConfig(**cfg), num_workers=workers, gpus_per_worker=0, cpus_per_worker=1, **kw)
     t0 = time.monotonic()
     d.run(shards, lambda s: got.append((time.monotonic(), s)))
     t2 = time.monotonic()
@@ -169,9 +170,9 @@ def main() -> None:
 
 def simulate(cfg: dict, shards: list[dict], a) -> None:
     """x1 and x2 with a sleeping stand-in sampler; ideal: batch_size / simulate_ms images/s per worker."""
-    from tests.integration._stubs import StubWorker
+    from tests.integration._stubs import stub_worker
 
-    cfg = dict(cfg, stub_sleep=a.simulate_ms / 1000)
+    StubWorker = stub_worker(sleep=a.simulate_ms / 1000)
     ideal = a.batch_size / (a.simulate_ms / 1000)
     init_ray(num_cpus=2, num_gpus=0)
     try:

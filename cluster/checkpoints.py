@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from cluster import io
+from cluster import storage
 
 
 def is_remote(url: str | None) -> bool:
@@ -38,8 +38,8 @@ def local_checkpoint(url: str | None, storage_options: dict | None = None) -> st
         return url
     if not is_remote(url):
         return url.removeprefix("file://")
-    fs, path = io.filesystem(url, storage_options)
-    info = io._with_retries(url, lambda: fs.info(path))
+    fs, path = storage.filesystem(url, storage_options)
+    info = storage.with_retries(url, lambda: fs.info(path))
     if info.get("type") == "directory":
         raise FileNotFoundError(f"checkpoint {url}: is a folder, not a file")
     size = int(info.get("size") or 0)
@@ -53,7 +53,7 @@ def local_checkpoint(url: str | None, storage_options: dict | None = None) -> st
                 fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
                 os.close(fd)
                 try:
-                    io._with_retries(url, lambda: fs.get_file(path, tmp))
+                    storage.with_retries(url, lambda: fs.get_file(path, tmp))
                     os.replace(tmp, target)
                 finally:
                     if os.path.exists(tmp):
@@ -65,7 +65,7 @@ def local_checkpoint(url: str | None, storage_options: dict | None = None) -> st
 
 def remote_fingerprint(url: str, storage_options: dict | None = None) -> str:
     """What identifies a remote checkpoint without downloading it: its ETag / checksum and size."""
-    fs, path = io.filesystem(url, storage_options)
-    info = io._with_retries(url, lambda: fs.info(path))
+    fs, path = storage.filesystem(url, storage_options)
+    info = storage.with_retries(url, lambda: fs.info(path))
     tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("crc32c") or "?"
     return f"{url} etag={str(tag).strip(chr(34))} size={info.get('size')}"

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from cluster.outputs import fail, new_row
-from cluster.worker import RestoreWorker
+from cluster.config import WorkerConfig
+from cluster.rows import fail
+from cluster.worker import RestoreWorker, shard_rows
 
 DEFAULT_WORKER_MEMORY = 2 * 2**30
 """Host memory reserved per actor when none is given: the model's weights on load, decoded and
@@ -55,7 +56,7 @@ class Dispatcher:
     """Run shards on `num_workers` restore actors.
 
     Args:
-        config: the worker config (docs/INTERFACES.md), sent once to each actor.
+        config: the job's `WorkerConfig`, sent once to each actor.
         num_workers: actors to keep alive.
         gpus_per_worker: GPUs per actor, fractional allowed (0 for CPU-only actors).
         cpus_per_worker: CPUs reserved per actor (decoding and encoding run there too).
@@ -72,7 +73,7 @@ class Dispatcher:
     for rates and ETAs).
     """
 
-    def __init__(self, config: dict, *, num_workers: int, gpus_per_worker: float = 1.0,
+    def __init__(self, config: WorkerConfig, *, num_workers: int, gpus_per_worker: float = 1.0,
                  cpus_per_worker: float = 1, memory: int | None = None, in_flight: int = 2,
                  max_attempts: int = 3, worker_cls: type = RestoreWorker, start_timeout: float = 600.0):
         if not isinstance(num_workers, int) or num_workers < 1:
@@ -85,7 +86,7 @@ class Dispatcher:
             raise ValueError(f"in_flight must be >= 1, got {in_flight!r}")
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts!r}")
-        self.config = dict(config)
+        self.config = config
         self.num_workers = num_workers
         self.in_flight = in_flight
         self.max_attempts = max_attempts
@@ -213,9 +214,8 @@ class Dispatcher:
             pending.appendleft(shard)
             return
         self.shards_failed += 1
-        rows = [fail(new_row(k, self.config, shard, "", ""),
-                     f"shard {shard['shard_id']} failed {shard['attempt']} times: {reason}")
-                for k in shard["keys"]]
+        rows = [fail(r, f"shard {shard['shard_id']} failed {shard['attempt']} times: {reason}")
+                for r in shard_rows(self.config, shard, worker="", node="")]
         self._deliver({"shard_id": shard["shard_id"], "attempt": shard["attempt"], "worker": "",
                        "node": "", "seconds": 0.0, "busy_seconds": 0.0, "rows": rows}, on_result)
 

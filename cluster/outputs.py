@@ -1,4 +1,4 @@
-"""Rows and output images of the worker: the Parquet row layout, panels and std maps.
+"""Output images of the worker: where they go, panels and std maps.
 
 Everything here is CPU work on small tensors, done off the sampling thread.
 """
@@ -6,54 +6,11 @@ Everything here is CPU work on small tensors, done off the sampling thread.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from cluster import io
-
-
-@dataclass(frozen=True, kw_only=True)
-class BatchResult:
-    """One restored image, on the CPU."""
-
-    restored: torch.Tensor  # (C, H, W) in [0, 1], mean of the K samples, clamped
-    std: torch.Tensor | None  # (C, H, W) std of the K samples on [0, 1], None when K = 1
-    observation_view: torch.Tensor  # (C', h, w) in [0, 1], y as an image (for panels)
-    metrics: dict  # row fields: psnr, ssim, consistency, consistency_clamped, model_calls
-
-
-ROW_FIELDS = (
-    "key", "status", "error", "task", "mode", "psnr", "ssim", "consistency", "consistency_clamped",
-    "in_height", "in_width", "out_height", "out_width", "steps", "model_calls", "samples", "seed",
-    "seconds", "worker", "node", "shard_id", "attempt", "output",
-)
-
-
-def new_row(key: str, config: dict, shard: dict, worker: str, node: str) -> dict:
-    """A row with every field of the contract; metrics None until the image is restored."""
-    row = dict.fromkeys(ROW_FIELDS)
-    row.update(
-        key=key, status="failed", task=config["task"], mode=config["mode"], steps=int(config["steps"]),
-        samples=int(config.get("samples") or 1), seed=int(config["seed"]), worker=worker, node=node,
-        shard_id=int(shard["shard_id"]), attempt=int(shard.get("attempt", 0)), seconds=0.0,
-    )
-    return row
-
-
-def fail(row: dict, error: BaseException | str) -> dict:
-    """Mark `row` failed with ``error = "name: reason"`` (the key when the error names no file)."""
-    if isinstance(error, io.BadInput):
-        msg = str(error)
-    elif isinstance(error, BaseException):
-        msg = f"{row['key']}: {type(error).__name__}: {error}"
-    else:
-        msg = f"{row['key']}: {error}"
-    row.update(status="failed", error=msg, output=None)
-    for k in ("psnr", "ssim", "consistency", "consistency_clamped", "model_calls"):
-        row[k] = None
-    return row
+from cluster.storage import join
 
 
 def stem(key: str) -> str:
@@ -65,7 +22,7 @@ def stem(key: str) -> str:
 def output_urls(output_url: str, key: str) -> dict[str, str]:
     """Where one image's outputs go: images/, panels/ and std/ under the output URL, as PNG."""
     name = stem(key) + ".png"
-    return {part: io.join(output_url, part, name) for part in ("images", "panels", "std")}
+    return {part: join(output_url, part, name) for part in ("images", "panels", "std")}
 
 
 def _tile(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -33,11 +33,12 @@ from dataclasses import dataclass
 
 import torch
 
-from cluster import io
-from cluster.outputs import fail, new_row, output_urls, panel, std_map
-
-CPU_BATCH_SIZE = 4
-"""Images per sampler call on CPU when the config says ``batch_size: None`` (automatic)."""
+from cluster import storage
+from cluster.config import WorkerConfig
+from cluster.images import BadInput, decode_image, decode_mask, encode_png
+from cluster.outputs import output_urls, panel, std_map
+from cluster.restorer import CPU_BATCH_SIZE
+from cluster.rows import Row, fail, new_row
 
 IO_THREADS = 4
 
@@ -60,15 +61,16 @@ class RestoreWorker:
     """Restores shards of images for one job (see the module docstring for the pipeline).
 
     Args:
-        config: the worker config of docs/INTERFACES.md (the resolved job spec as a dict).
+        config: the job's `WorkerConfig`.
     Raises:
         ValueError: unknown model / task or an unusable checkpoint (creating the actor fails with it).
     """
 
-    def __init__(self, config: dict):
-        self.config = dict(config)
-        threads = self.config.get("threads") or 1
-        torch.set_num_threads(int(threads))
+    def __init__(self, config: WorkerConfig):
+        if not isinstance(config, WorkerConfig):
+            raise TypeError(f"config must be a WorkerConfig, got {type(config).__name__}")
+        self.config = config
+        torch.set_num_threads(int(config.threads or 1))
         self.device = _pick_device()
         self.sampler = self._make_sampler()
         self.worker, self.node = _identity()
@@ -78,10 +80,10 @@ class RestoreWorker:
         self._batch_sizes: dict[tuple, int] = {}
 
     def _make_sampler(self):
-        """The accelerator side (`cluster.sampling.ShardSampler`); tests may swap in a stand-in."""
-        from cluster.sampling import ShardSampler
+        """The accelerator side (`cluster.restorer.BatchRestorer`); tests may swap in a stand-in."""
+        from cluster.restorer import BatchRestorer
 
-        return ShardSampler(self.config, self.device)
+        return BatchRestorer(self.config, self.device)
 
     def ready(self) -> dict:
         """Where the worker runs; the dispatcher waits on this before sending it shards."""
@@ -93,7 +95,7 @@ class RestoreWorker:
         """Restore every key of `shard` ``{"shard_id", "keys", "attempt"}`` -> summary (see contract)."""
         t0 = time.perf_counter()
         keys = list(shard["keys"])
-        rows = [new_row(k, self.config, shard, self.worker, self.node) for k in keys]
+        rows = shard_rows(self.config, shard, worker=self.worker, node=self.node)
         batches: queue.Queue = queue.Queue(maxsize=2)
         reader = threading.Thread(target=self._read_all, args=(keys, rows, batches), daemon=True,
                                   name=f"ddnm-reader-{shard['shard_id']}")
@@ -114,14 +116,16 @@ class RestoreWorker:
                 fut.result()
             except Exception as e:  # the write failed after retries: the image is not delivered
                 fail(rows[index], e)
+        seconds = time.perf_counter() - t0
         for r in rows:
             if r["status"] != "ok" and r["error"] is None:
                 fail(r, "not restored (internal error)")
+            r.update(busy_seconds=busy, shard_seconds=seconds)
         return {"shard_id": shard["shard_id"], "attempt": shard.get("attempt", 0), "worker": self.worker,
-                "node": self.node, "seconds": time.perf_counter() - t0, "busy_seconds": busy, "rows": rows}
+                "node": self.node, "seconds": seconds, "busy_seconds": busy, "rows": rows}
 
     # ----------------------------------------------------------------------------------------- reader
-    def _read_all(self, keys: list[str], rows: list[dict], out: queue.Queue) -> None:
+    def _read_all(self, keys: list[str], rows: list[Row], out: queue.Queue) -> None:
         """Read and decode `keys` a window ahead, group equal sizes, put batches (lists of Item) on `out`."""
         try:
             window = max(2 * self._batch_cap(), 4)
@@ -163,28 +167,31 @@ class RestoreWorker:
         return self._batch_sizes[shape]
 
     def _batch_cap(self) -> int:
-        return int(self.config.get("batch_size") or CPU_BATCH_SIZE)
+        return int(self.config.batch_size or CPU_BATCH_SIZE)
 
     def _load(self, index: int, key: str) -> Item:
         t0 = time.perf_counter()
         cfg = self.config
-        url = io.join(cfg["input_url"], key)
+        url = storage.join(cfg.input_url, key)
         try:
-            data = io.read_bytes(url, cfg.get("storage_options"))
+            data = storage.read_bytes(url, cfg.storage_options)
         except FileNotFoundError:
-            raise io.BadInput(key, "file not found") from None
-        image = io.decode_image(data, key, channels=self.sampler.input_channels)
-        mask = self._load_mask(key) if cfg.get("mask_url") else None
+            raise BadInput(key, "file not found") from None
+        image = decode_image(data, key)
+        mask = self._load_mask(key) if cfg.mask_url else None
         try:
+            image = self.sampler.prepare(image)
             problem = self.sampler.check_size(tuple(image.shape))
             if problem:
-                raise io.BadInput(key, problem)
+                raise BadInput(key, problem)
             if mask is not None:
                 sizes = {tuple(image.shape[1:]), tuple(self.sampler.x_shape(tuple(image.shape))[1:])}
                 if tuple(mask.shape[1:]) not in sizes:
-                    raise io.BadInput(key, f"mask size {mask.shape[2]}x{mask.shape[1]} does not match the "
-                                           f"image size {image.shape[2]}x{image.shape[1]}")
-        except io.BadInput as e:
+                    raise BadInput(key, f"mask size {mask.shape[2]}x{mask.shape[1]} does not match the "
+                                        f"image size {image.shape[2]}x{image.shape[1]}")
+        except (BadInput, ValueError) as e:
+            if not isinstance(e, BadInput):
+                e = BadInput(key, str(e))
             e.size = tuple(image.shape[1:])  # the row still records the input's size
             raise
         return Item(index=index, key=key, image=image, mask=mask, seconds=time.perf_counter() - t0)
@@ -192,32 +199,32 @@ class RestoreWorker:
     def _load_mask(self, key: str) -> torch.Tensor:
         """The per-image mask under mask_url: the same key, or the key with .png / .npy."""
         cfg = self.config
-        base = io.join(cfg["mask_url"], key)
+        base = storage.join(cfg.mask_url, key)
         root = base.rsplit(".", 1)[0] if "." in key.rsplit("/", 1)[-1] else base
         tried = []
         for url in dict.fromkeys([base, root + ".png", root + ".npy"]):
             tried.append(url)
             try:
-                data = io.read_bytes(url, cfg.get("storage_options"))
+                data = storage.read_bytes(url, cfg.storage_options)
             except FileNotFoundError:
                 continue
-            return io.decode_mask(data, url)
-        raise io.BadInput(key, f"no mask found (tried {', '.join(tried)})")
+            return decode_mask(data, url)
+        raise BadInput(key, f"no mask found (tried {', '.join(tried)})")
 
     def _load_shared_mask(self) -> torch.Tensor | None:
-        """The task's ``mask`` setting when it names a file (any fsspec URL), read once."""
-        url = (self.config.get("task_settings") or {}).get("mask")
-        if self.config.get("mask_url") or not _is_mask_file(url):
+        """The task's ``mask`` setting when it names one file (any fsspec URL), read once."""
+        url = self.config.mask_file
+        if url is None:
             return None
         try:
-            return io.decode_mask(io.read_bytes(url, self.config.get("storage_options")), url)
+            return decode_mask(storage.read_bytes(url, self.config.storage_options), url)
         except FileNotFoundError:
             raise ValueError(f"task_settings.mask: no such file {url!r}") from None
-        except io.BadInput as e:
+        except BadInput as e:
             raise ValueError(f"task_settings.mask: {e}") from None
 
     # ---------------------------------------------------------------------------------------- sampler
-    def _sample(self, batch: list[Item], rows: list[dict]) -> list[tuple]:
+    def _sample(self, batch: list[Item], rows: list[Row]) -> list[tuple]:
         """Sample one batch; if the batch fails as a whole, retry one image at a time."""
         try:
             return list(zip(batch, self._sample_items(batch, rows), strict=True))
@@ -235,7 +242,7 @@ class RestoreWorker:
                 _free_cache(self.device)
         return out
 
-    def _sample_items(self, batch: list[Item], rows: list[dict]) -> list:
+    def _sample_items(self, batch: list[Item], rows: list[Row]) -> list:
         t0 = time.perf_counter()
         masks = None
         if batch[0].mask is not None:
@@ -251,28 +258,31 @@ class RestoreWorker:
         return results
 
     # ----------------------------------------------------------------------------------------- writer
-    def _write(self, item: Item, res, row: dict) -> None:
+    def _write(self, item: Item, res, row: Row) -> None:
         t0 = time.perf_counter()
         cfg = self.config
-        so = cfg.get("storage_options")
-        urls = output_urls(cfg["output_url"], item.key)
-        io.write_bytes(urls["images"], io.encode_png(res.restored), so)
+        so = cfg.storage_options
+        urls = output_urls(cfg.output_url, item.key)
+        storage.write_bytes(urls["images"], encode_png(res.restored), so)
         h, w = res.restored.shape[1:]
-        if cfg.get("panels"):  # evaluate: observation | restored | ground truth (= the input);
+        if cfg.panels:  # evaluate: observation | restored | ground truth (= the input);
             tiles = [res.observation_view, res.restored]  # restore: input | observation | restored
-            if cfg["mode"] == "evaluate":
+            if cfg.mode == "evaluate":
                 tiles.append(item.image)
             else:
                 tiles.insert(0, item.image)
-            io.write_bytes(urls["panels"], io.encode_png(panel(tiles, h, w)), so)
+            storage.write_bytes(urls["panels"], encode_png(panel(tiles, h, w)), so)
         if res.std is not None:
-            io.write_bytes(urls["std"], io.encode_png(std_map(res.std)), so)
+            storage.write_bytes(urls["std"], encode_png(std_map(res.std)), so)
         row.update(status="ok", error=None, output=urls["images"], out_height=h, out_width=w)
         row["seconds"] += time.perf_counter() - t0
 
 
-def _is_mask_file(value) -> bool:
-    return isinstance(value, str) and value.lower() not in ("random", "none", "box", "center")
+def shard_rows(config: WorkerConfig, shard: dict, *, worker: str, node: str) -> list[Row]:
+    """A not-yet-restored row for every key of `shard`."""
+    return [new_row(k, task=config.task, mode=config.mode, steps=config.steps, samples=config.samples,
+                    seed=config.seed, worker=worker, node=node, shard_id=int(shard["shard_id"]),
+                    attempt=int(shard.get("attempt", 0))) for k in shard["keys"]]
 
 
 def _pick_device() -> torch.device:

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobs.spec import JobError, JobSpec, parse_assignments
+from jobs.errors import EXIT_ERROR, EXIT_FAILED_IMAGES, EXIT_INTERRUPTED, EXIT_OK, JobError
+from jobs.spec import JobSpec, parse_assignments
 
-EXIT_OK, EXIT_ERROR, EXIT_FAILED_IMAGES = 0, 1, 3
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
@@ -111,13 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as exc:
         print(f"ddnm-batch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except OSError as exc:  # cluster.io.StorageError and friends while the job ran
+    except OSError as exc:  # cluster.storage.StorageError and friends while the job ran
         print(f"ddnm-batch: error: storage failed ({exc}); committed shards are kept, run again to resume",
               file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("ddnm-batch: interrupted; committed shards are kept, run again to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _options_for(url: str, items: list[str] | None) -> dict[str, Any]:
@@ -166,14 +166,13 @@ def _start_ray(spec: JobSpec) -> tuple[int, float, bool]:
 
 def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
     """Plan, run the pending shards on Ray, commit each, write the final table and the manifest."""
-    from ddnm.sampling import model_calls, travel_steps
+    from jobs import layout, results
     from jobs import plan as plan_mod
-    from jobs import results
     from jobs.progress import Progress
 
     prepared = plan_mod.prepare(spec, dry_run=dry_run)
     spec = prepared.spec
-    calls = model_calls(travel_steps(spec.steps, 1000, *spec.travel))
+    calls = spec.model_calls()
     if dry_run:
         workers = plan_workers(spec, _cuda_count())[0] if spec.address is None else (spec.workers or "auto")
         print(plan_mod.describe(prepared, workers=workers, model_calls=calls))
@@ -224,7 +223,7 @@ def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
                                        run=run)
     c = manifest["counts"]
     _log(f"done: {c['images']} images ({c['ok']} ok, {c['failed']} failed); this run {run['images']} "
-         f"images in {seconds:.1f} s -> {plan_mod.METRICS_FILE} under {out}")
+         f"images in {seconds:.1f} s -> {layout.METRICS_FILE} under {out}")
     if c["failed"]:
         errors = [e for e in table.column("error").to_pylist() if e][:5]
         for e in errors:
@@ -274,12 +273,12 @@ def demo(args: argparse.Namespace) -> int:
 
 def _demo_mask(samples: str) -> str:
     """The bundled mask matching the samples' size (masks/mask-<H>x<W>.png), else a centre box."""
-    from jobs import storage
-    from jobs.plan import _probe_shape
-    root, keys = storage.list_inputs(samples, {})
-    shape = _probe_shape(root, keys, {})
-    if shape is not None:
-        path = ASSETS / "masks" / f"mask-{shape[1]}x{shape[2]}.png"
+    from jobs.checks import probe_image
+    from jobs.inputs import list_inputs
+    root, keys = list_inputs(samples, {})
+    image = probe_image(root, keys, {})
+    if image is not None:
+        path = ASSETS / "masks" / f"mask-{image.shape[1]}x{image.shape[2]}.png"
         if path.exists():
             return str(path)
     return "center"

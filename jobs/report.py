@@ -6,26 +6,23 @@ import json
 import sys
 from typing import Any
 
-from cluster import io as cio
-from jobs import plan as plan_mod
-from jobs import results, storage
-from jobs.spec import JobError
-
-EXIT_OK, EXIT_FAILED_IMAGES = 0, 3
+from cluster import storage
+from jobs import layout, results
+from jobs.errors import EXIT_FAILED_IMAGES, EXIT_OK, JobError
 
 
 def job_status(output: str, options: dict[str, Any]) -> dict[str, Any]:
     """Counts of a job's output: shards done/failed/pending, images ok/failed/pending."""
-    plan = storage.read_json(cio.join(output, plan_mod.PLAN_FILE), options)
+    plan = storage.read_json(storage.join(output, layout.PLAN_FILE), options)
     if plan is None:
-        raise JobError(f"{output}: no job here (no {plan_mod.PLAN_FILE})")
+        raise JobError(f"{output}: no job here (no {layout.PLAN_FILE})")
     shards = {s["shard_id"]: len(s["keys"]) for s in plan["shards"]}
-    committed = plan_mod.committed_ids(output, options) & set(shards)
+    committed = layout.committed_ids(output, options) & set(shards)
     table = results.read_committed(output, options, committed)
     failed_shards = set(r for r, s in zip(table.column("shard_id").to_pylist(),
                                           table.column("status").to_pylist(), strict=True) if s != "ok")
     c = results.counts(table)
-    manifest = storage.read_json(cio.join(output, plan_mod.MANIFEST_FILE), options)
+    manifest = storage.read_json(storage.join(output, layout.MANIFEST_FILE), options)
     return {
         "output": output,
         "shards": {"total": len(shards), "done": len(committed - failed_shards),
@@ -51,8 +48,8 @@ def status(output: str, options: dict[str, Any], *, as_json: bool = False) -> in
 
 
 def _table(output: str, options: dict[str, Any]):
-    url = cio.join(output, plan_mod.METRICS_FILE)
-    manifest = storage.read_json(cio.join(output, plan_mod.MANIFEST_FILE), options)
+    url = storage.join(output, layout.METRICS_FILE)
+    manifest = storage.read_json(storage.join(output, layout.MANIFEST_FILE), options)
     if manifest is not None:
         return results.read_table(url, options), manifest
     return results.read_committed(output, options), None

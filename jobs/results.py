@@ -19,37 +19,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cluster import io as cio
-from jobs import plan as plan_mod
-from jobs import storage
+from cluster import storage
+from cluster.rows import COLUMNS, NAMES
+from jobs import layout, provenance
+from jobs.layout import shard_url
 
-SCHEMA = pa.schema([
-    pa.field("key", pa.string(), nullable=False),   # relative key under the input root
-    pa.field("status", pa.string(), nullable=False),  # "ok" | "failed"
-    pa.field("error", pa.string()),                 # None, or "name: reason"
-    pa.field("task", pa.string()),
-    pa.field("mode", pa.string()),                  # "evaluate" | "restore"
-    pa.field("psnr", pa.float64()),                 # dB vs the input (evaluate mode only)
-    pa.field("ssim", pa.float64()),                 # evaluate mode only
-    pa.field("consistency", pa.float64()),          # ||A x0 - y||_2 per image, [-1, 1] scale
-    pa.field("consistency_clamped", pa.float64()),  # the same after clamping x0 to [-1, 1]
-    pa.field("in_height", pa.int64()),
-    pa.field("in_width", pa.int64()),
-    pa.field("out_height", pa.int64()),
-    pa.field("out_width", pa.int64()),
-    pa.field("steps", pa.int64()),
-    pa.field("model_calls", pa.int64()),            # per sample
-    pa.field("samples", pa.int64()),
-    pa.field("seed", pa.int64()),
-    pa.field("seconds", pa.float64()),              # this image's share of the sampling time
-    pa.field("worker", pa.string()),
-    pa.field("node", pa.string()),
-    pa.field("shard_id", pa.int64()),
-    pa.field("attempt", pa.int64()),
-    pa.field("output", pa.string()),                # URL of the restored PNG, or None
-    pa.field("busy_seconds", pa.float64()),         # the shard's: time the worker spent computing
-    pa.field("shard_seconds", pa.float64()),        # the shard's wall time in the worker
-])
+_TYPES = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64()}
+SCHEMA = pa.schema([pa.field(c.name, _TYPES[c.type], nullable=not c.required) for c in COLUMNS])
+"""The Parquet schema of the per-image table, derived from ``cluster.rows.COLUMNS``."""
 _CAST = {pa.string(): str, pa.float64(): float, pa.int64(): int}
 
 
@@ -64,18 +41,16 @@ def _cell(value: Any, kind: pa.DataType) -> Any:
 
 
 def summary_table(summary: dict[str, Any]) -> pa.Table:
-    """A worker summary (docs/INTERFACES.md) -> a table of SCHEMA, one row per key."""
-    shard_cols = {"busy_seconds": summary.get("busy_seconds"), "shard_seconds": summary.get("seconds"),
-                  "shard_id": summary.get("shard_id"), "attempt": summary.get("attempt")}
+    """A worker summary (docs/INTERFACES.md) -> a table of SCHEMA, one row per key.
+
+    A row field that is not a column is an error (it would otherwise be dropped silently)."""
     columns: dict[str, list] = {f.name: [] for f in SCHEMA}
     for row in summary.get("rows", []):
+        unknown = set(row) - set(NAMES)
+        if unknown:
+            raise ValueError(f"row of {row.get('key')!r} has fields that are not columns: {sorted(unknown)}")
         for f in SCHEMA:
-            value = row.get(f.name) if f.name not in ("busy_seconds", "shard_seconds") else None
-            if value is None and f.name in shard_cols:
-                value = shard_cols[f.name]
-            if value is None and f.name in ("worker", "node"):
-                value = summary.get(f.name)
-            columns[f.name].append(_cell(value, f.type))
+            columns[f.name].append(_cell(row.get(f.name), f.type))
     return pa.table(columns, schema=SCHEMA)
 
 
@@ -85,24 +60,20 @@ def to_parquet_bytes(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def shard_url(output: str, shard_id: int) -> str:
-    return cio.join(output, plan_mod.SHARDS_DIR, plan_mod.shard_name(shard_id))
-
-
 def commit_shard(output: str, summary: dict[str, Any], options: dict[str, Any]) -> pa.Table:
     """Write the shard's rows in one write under its deterministic name; a retry overwrites."""
     table = summary_table(summary)
-    cio.write_bytes(shard_url(output, int(summary["shard_id"])), to_parquet_bytes(table), options)
+    storage.write_bytes(shard_url(output, int(summary["shard_id"])), to_parquet_bytes(table), options)
     return table
 
 
 def read_table(url: str, options: dict[str, Any]) -> pa.Table:
-    return pq.read_table(io.BytesIO(cio.read_bytes(url, options))).cast(SCHEMA)
+    return pq.read_table(io.BytesIO(storage.read_bytes(url, options))).cast(SCHEMA)
 
 
 def read_committed(output: str, options: dict[str, Any], shard_ids: set[int] | None = None) -> pa.Table:
     """The committed shards' rows, each key once (the latest shard, then the latest attempt, wins)."""
-    ids = sorted(plan_mod.committed_ids(output, options) if shard_ids is None else shard_ids)
+    ids = sorted(layout.committed_ids(output, options) if shard_ids is None else shard_ids)
     with ThreadPoolExecutor(max_workers=16) as pool:  # one GET each: latency-bound on object stores
         tables = list(pool.map(lambda i: read_table(shard_url(output, i), options), ids))
     if not tables:
@@ -132,21 +103,21 @@ def counts(table: pa.Table) -> dict[str, int]:
 def finalize(output: str, options: dict[str, Any], *, spec_hash: str, plan_shards: list[dict],
              run: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
     """Write metrics.parquet (every committed shard, each key once), then _manifest.json last."""
-    committed = plan_mod.committed_ids(output, options)
+    committed = layout.committed_ids(output, options)
     table = read_committed(output, options, committed)
-    metrics_url = cio.join(output, plan_mod.METRICS_FILE)
-    cio.write_bytes(metrics_url, to_parquet_bytes(table), options)
+    metrics_url = storage.join(output, layout.METRICS_FILE)
+    storage.write_bytes(metrics_url, to_parquet_bytes(table), options)
     planned = {s["shard_id"] for s in plan_shards}
     manifest = {
         "spec_hash": spec_hash,
-        "code_version": plan_mod.code_version(),
+        "code_version": provenance.code_version(),
         "counts": {**counts(table), "planned_images": len({k for s in plan_shards for k in s["keys"]}),
                    "shards": len(planned), "shards_committed": len(committed & planned),
                    "shards_pending": len(planned - committed)},
-        "files": {"metrics": plan_mod.METRICS_FILE,
-                  "shards": [f"{plan_mod.SHARDS_DIR}/{plan_mod.shard_name(i)}" for i in sorted(committed)]},
+        "files": {"metrics": layout.METRICS_FILE,
+                  "shards": [f"{layout.SHARDS_DIR}/{layout.shard_name(i)}" for i in sorted(committed)]},
         "run": run,
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
     }
-    storage.write_json(cio.join(output, plan_mod.MANIFEST_FILE), manifest, options)
+    storage.write_json(storage.join(output, layout.MANIFEST_FILE), manifest, options)
     return table, manifest

@@ -8,7 +8,6 @@ resumed job with more workers is the same job, and a job with another step count
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 from pathlib import Path
@@ -17,14 +16,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cluster.config import WorkerConfig
+from ddnm.operators import is_custom, is_mask_file
+from jobs.errors import JobError, SpecError
 
-class JobError(Exception):
-    """The job could not run (bad spec, unreachable storage, refused output): exit code 1."""
-
-
-class SpecError(JobError, ValueError):
-    """A spec field is invalid; the message names the field and the value."""
-
+__all__ = ["JobError", "JobSpec", "SpecError", "parse_assignments", "parse_travel"]
 
 # Fields whose change changes the restored images or metrics: they make the spec hash, and a
 # different value on an existing output is refused unless --overwrite.
@@ -33,8 +29,6 @@ RESULT_FIELDS = (
     "eta", "sigma_y", "travel", "samples", "seed", "panels",
 )
 _SECRET_WORDS = ("secret", "token", "password", "credential", "key")
-_BOOL_WORDS = {"true": True, "yes": True, "1": True, "on": True,
-               "false": False, "no": False, "0": False, "off": False}
 
 
 def _tasks() -> dict:
@@ -43,45 +37,30 @@ def _tasks() -> dict:
 
 
 def _load_dotted(path: str) -> Any:
-    """'pkg.mod:Name' -> the object; SpecError naming the path when it cannot be imported."""
-    module_name, _, attr = path.partition(":")
+    """'pkg.mod:Name' -> the operator class; SpecError naming the path when it cannot be imported."""
+    from ddnm.operators import load_operator_class
+
     try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+        return load_operator_class(path)
+    except ValueError as exc:
         raise SpecError(f"task={path!r}: cannot import the custom operator ({exc})") from None
 
 
 def task_settings(task: str) -> dict[str, tuple] | None:
     """The task's settings {name: (default, type, help)}; None for a custom operator without them."""
-    if ":" in task:
+    if is_custom(task):
         return getattr(_load_dotted(task), "settings", None)
     return _tasks()[task].settings
 
 
 def convert_value(value: Any, kind: Any, *, field: str) -> Any:
-    """A --set value (often a string) -> the setting's declared type; SpecError naming the field."""
-    if kind in (None, Any, object) or value is None:
-        return value
-    if isinstance(kind, str):
-        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(kind, str)
+    """A --set value (often a string) -> the setting's declared type (``ddnm.operators.coerce``)."""
+    from ddnm.operators import coerce
+
     try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            return _BOOL_WORDS[str(value).strip().lower()]
-        if kind is int and isinstance(value, str):
-            as_float = float(value)
-            if not as_float.is_integer():
-                raise ValueError(value)
-            return int(as_float)
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(value)
-        if kind in (tuple, list) and isinstance(value, str):
-            return kind(yaml.safe_load(f"[{value}]"))
-        return kind(value)
-    except (KeyError, ValueError, TypeError):
-        name = getattr(kind, "__name__", str(kind))
-        raise SpecError(f"{field}={value!r}: expected a value of type {name}") from None
+        return coerce(value, kind, name=field)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def parse_assignments(items: list[str] | None, *, field: str) -> dict[str, Any]:
@@ -134,11 +113,6 @@ def _absolute(url: str) -> str:
     return os.path.abspath(os.path.expanduser(url))
 
 
-def _looks_like_file(value: str) -> bool:
-    """A mask setting that names a file or folder rather than a built-in ('random', 'center', ...)."""
-    return "://" in value or "/" in value or "." in value
-
-
 def _is_s3(url: str | None) -> bool:
     return bool(url) and url.startswith(("s3://", "s3a://"))
 
@@ -157,7 +131,7 @@ class JobSpec(BaseModel):
     model: str = Field("small-prior", description="a model from `ddnm-batch models`")
     checkpoint: str | None = Field(None, description="a checkpoint path/URL, 'random', or None (bundled)")
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    steps: int = Field(100, ge=1, le=1000, description="sampling steps")
+    steps: int = Field(100, ge=1, description="sampling steps (at most the model's diffusion steps)")
     eta: float = Field(0.85, ge=0.0, le=1.0, description="DDIM eta")
     sigma_y: float = Field(0.0, ge=0.0, description="observation noise std on the [0, 1] image scale")
     travel: tuple[int, int, int] = Field((1, 1, 1), description="time-travel L, s, r (1,1,1 = none)")
@@ -197,7 +171,7 @@ class JobSpec(BaseModel):
     @field_validator("task")
     @classmethod
     def _task(cls, value: str) -> str:
-        if ":" in value:
+        if is_custom(value):
             _load_dotted(value)
             return value
         tasks = _tasks()
@@ -216,8 +190,12 @@ class JobSpec(BaseModel):
     @model_validator(mode="after")
     def _travel_fits_steps(self) -> JobSpec:
         from ddnm.sampling import travel_steps
+        T = self.timesteps
+        if self.steps > T:
+            raise SpecError(f"steps={self.steps}: model {self.model} has {T} diffusion steps; "
+                            f"give at most {T}")
         try:
-            travel_steps(self.steps, 1000, *self.travel)
+            travel_steps(self.steps, T, *self.travel)
         except ValueError as exc:
             travel = ",".join(map(str, self.travel))
             raise SpecError(f"travel={travel} with steps={self.steps}: {exc}") from None
@@ -234,7 +212,7 @@ class JobSpec(BaseModel):
                 raise SpecError(f"--set {key}={value!r}: task {self.task!r} has no setting {key!r}; "
                                 f"its settings: {', '.join(sorted(known)) or '(none)'}")
             typed[key] = convert_value(value, known[key][1], field=f"--set {key}")
-            if key == "mask" and isinstance(typed[key], str) and _looks_like_file(typed[key]):
+            if key == "mask" and is_mask_file(typed[key]):
                 typed[key] = _absolute(typed[key])
         object.__setattr__(self, "settings", typed)
         return self
@@ -287,19 +265,29 @@ class JobSpec(BaseModel):
         dumped["storage_options"] = _redact(dumped["storage_options"])
         return dumped
 
-    def to_worker_config(self, *, input_url: str | None = None) -> dict[str, Any]:
-        """The worker config dict of docs/INTERFACES.md. `input_url` = the resolved input root
-        (the folder the keys are relative to; differs from `input` for a manifest)."""
-        settings = dict(self.settings)
-        return {
-            "input_url": input_url or self.input, "output_url": self.output,
-            "storage_options": dict(self.storage_options), "mode": self.mode,
-            "task": self.task, "task_settings": settings, "mask_url": self.mask_url,
-            "model": self.model, "checkpoint": self.checkpoint, "dtype": self.dtype,
-            "steps": self.steps, "eta": self.eta, "sigma_y": self.sigma_y,
-            "travel": list(self.travel), "samples": self.samples, "batch_size": self.batch_size,
-            "seed": self.seed, "panels": self.panels, "threads": self.threads,
-        }
+    @property
+    def timesteps(self) -> int:
+        """T of the model's noise schedule (it travels with the model's registry entry)."""
+        from ddnm.models import REGISTRY
+        return REGISTRY[self.model].num_timesteps
+
+    def model_calls(self) -> int:
+        """Model calls per sample of one image (steps and time travel)."""
+        from ddnm.sampling import model_calls, travel_steps
+        return model_calls(travel_steps(self.steps, self.timesteps, *self.travel))
+
+    def to_worker_config(self, *, input_url: str | None = None) -> WorkerConfig:
+        """What the workers get. `input_url` = the resolved input root (the folder the keys are
+        relative to; differs from `input` for a manifest)."""
+        return WorkerConfig(
+            input_url=input_url or self.input, output_url=self.output,
+            storage_options=dict(self.storage_options), mode=self.mode,
+            task=self.task, task_settings=dict(self.settings), mask_url=self.mask_url,
+            model=self.model, checkpoint=self.checkpoint, dtype=self.dtype,
+            steps=self.steps, eta=self.eta, sigma_y=self.sigma_y,
+            travel=self.travel, samples=self.samples, batch_size=self.batch_size,
+            seed=self.seed, panels=self.panels, threads=self.threads,
+        )
 
 
 def load_yaml(file: str | os.PathLike) -> dict[str, Any]:

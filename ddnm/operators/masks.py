@@ -6,7 +6,8 @@ the batch size (one per image), ``C'`` is 1 (all channels) or the image's channe
 Files are read from local paths or raw bytes only (the cluster layer fetches remote objects):
 
 * PNG (any format Pillow reads): converted to grey, pixel ``> 127`` keeps,
-* ``.npy``: bool arrays as they are, ``uint8`` arrays ``> 127`` keeps, other numbers ``> 0.5`` keeps;
+* ``.npy``: bool arrays as they are, ``uint8`` arrays ``> 127`` keeps (0/1 arrays: 1 keeps), other
+  numbers ``> 0.5`` keeps;
   shape ``(H, W)``, ``(C', H, W)`` or ``(B', C', H, W)``.
 
 A mask of the wrong size is an error naming the file and both sizes; masks are never resized.
@@ -38,8 +39,8 @@ def is_mask_file(value: Any) -> bool:
 def _binarize(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.bool_:
         return arr.astype(np.float64)
-    if arr.dtype == np.uint8:
-        return (arr > 127).astype(np.float64)
+    if arr.dtype == np.uint8:  # 0/255 images keep above 127; 0/1 arrays keep their ones
+        return (arr > (127 if arr.size and arr.max() > 1 else 0)).astype(np.float64)
     return (arr.astype(np.float64) > 0.5).astype(np.float64)
 
 
@@ -67,7 +68,7 @@ def read_mask(data: bytes, source: str = "<bytes>") -> Tensor:
     float 0/1. Raises ValueError starting with ``mask <source>:``."""
     if not data:
         raise ValueError(f"mask {source}: empty file")
-    if data[:6] == _NPY_MAGIC:
+    if data[:6] == _NPY_MAGIC or source.lower().endswith(".npy"):
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
         except Exception as e:

@@ -1,8 +1,9 @@
 """Stand-ins for the accelerator side, to test the worker pipeline and the dispatcher alone.
 
-`StubSampler` has the interface of `cluster.sampling.ShardSampler` and "restores" by returning the
+`StubRestorer` has the interface of `cluster.restorer.BatchRestorer` and "restores" by returning the
 input (so outputs are checkable); a key containing ``"boom"`` makes any batch holding it raise, as an
-out-of-memory error would; ``"die"`` kills the process. `StubWorker` is a `RestoreWorker` using it.
+out-of-memory error would; ``"die"`` kills the process. `stub_worker(size=, sleep=)` is a
+`RestoreWorker` using it: `size` makes other sizes a bad input, `sleep` is seconds per batch.
 """
 
 from __future__ import annotations
@@ -12,30 +13,31 @@ import time
 
 import torch
 
-from cluster.outputs import BatchResult
+from cluster.restorer import BatchResult
 from cluster.worker import RestoreWorker
 
 
-class StubSampler:
-    def __init__(self, config: dict, device: torch.device):
+class StubRestorer:
+    def __init__(self, config, device: torch.device, *, size: int | None = None, sleep: float = 0.0):
         self.config = config
         self.device = device
+        self.size, self.sleep = size, sleep
         self.calls: list[int] = []
 
-    input_channels = 3
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
     def check_size(self, image_shape: tuple) -> str | None:
-        size = self.config.get("stub_size")
-        if size and tuple(image_shape[1:]) != (size, size):
+        if self.size and tuple(image_shape[1:]) != (self.size, self.size):
             h, w = image_shape[1:]
-            return f"wrong size for the model: image is {w}x{h}, needs {size}x{size}"
+            return f"wrong size for the model: image is {w}x{h}, needs {self.size}x{self.size}"
         return None
 
     def x_shape(self, image_shape: tuple) -> tuple:
         return tuple(image_shape)
 
     def batch_size(self, image_shape: tuple) -> int:
-        return int(self.config.get("batch_size") or 4)
+        return int(self.config.batch_size or 4)
 
     def run(self, images, keys, masks):
         if any("die" in k for k in keys):
@@ -43,12 +45,20 @@ class StubSampler:
         if any("boom" in k for k in keys):
             raise RuntimeError("CUDA out of memory (stub)")
         self.calls.append(len(keys))
-        time.sleep(float(self.config.get("stub_sleep", 0.0)))
+        time.sleep(self.sleep)
         return [BatchResult(restored=im, std=None, observation_view=im[:, ::2, ::2],
                             metrics={"consistency": 0.0, "consistency_clamped": 0.0, "model_calls": 1})
                 for im in images]
 
 
 class StubWorker(RestoreWorker):
+    stub_size: int | None = None
+    stub_sleep: float = 0.0
+
     def _make_sampler(self):
-        return StubSampler(self.config, self.device)
+        return StubRestorer(self.config, self.device, size=self.stub_size, sleep=self.stub_sleep)
+
+
+def stub_worker(*, size: int | None = None, sleep: float = 0.0) -> type[StubWorker]:
+    """A StubWorker class whose stand-in refuses sizes other than `size` and sleeps `sleep` s a batch."""
+    return type("StubWorker", (StubWorker,), {"stub_size": size, "stub_sleep": sleep})

@@ -7,27 +7,28 @@ import collections
 import pytest
 import torch
 
-from cluster import io
+from cluster import images, storage
+from cluster.config import WorkerConfig
 from cluster.dispatcher import Dispatcher, WorkerStartError
-from tests.integration._stubs import StubWorker
+from tests.integration._stubs import StubWorker, stub_worker
 
 pytestmark = pytest.mark.integration
 
 
-def _config(tmp_path, **kw) -> dict:
+def _config(tmp_path, **kw) -> WorkerConfig:
     cfg = dict(input_url=str(tmp_path / "in"), output_url=str(tmp_path / "out"), storage_options={},
                mode="evaluate", task="sr_avgpool", task_settings={"scale": 2}, mask_url=None, model="tiny",
                checkpoint="random", dtype="fp32", steps=2, eta=0.85, sigma_y=0.0, travel=[1, 1, 1],
                samples=1, batch_size=2, seed=0, panels=False, threads=1)
     cfg.update(kw)
-    return cfg
+    return WorkerConfig(**cfg)
 
 
 def _images(root: str, n: int, size: int = 16) -> list[str]:
     keys = [f"d{i % 3}/img{i:03d}.png" for i in range(n)]
     g = torch.Generator().manual_seed(0)
     for k in keys:
-        io.write_bytes(io.join(root, k), io.encode_png(torch.rand(3, size, size, generator=g)))
+        storage.write_bytes(storage.join(root, k), images.encode_png(torch.rand(3, size, size, generator=g)))
     return keys
 
 
@@ -35,8 +36,8 @@ def test_two_gpu_workers_process_every_shard_once(ray_local, tmp_path):
     keys = _images(str(tmp_path / "in"), 24)
     shards = [{"shard_id": i, "keys": keys[i * 3:(i + 1) * 3], "attempt": 0} for i in range(8)]
     seen = []
-    d = Dispatcher(_config(tmp_path, stub_sleep=0.05), num_workers=2, gpus_per_worker=1.0,
-                   worker_cls=StubWorker)
+    d = Dispatcher(_config(tmp_path), num_workers=2, gpus_per_worker=1.0,
+                   worker_cls=stub_worker(sleep=0.05))
     d.run(shards, seen.append)
     assert sorted(s["shard_id"] for s in seen) == list(range(8))
     rows = [r for s in seen for r in s["rows"]]
@@ -51,7 +52,7 @@ def test_two_gpu_workers_process_every_shard_once(ray_local, tmp_path):
 def test_shard_that_kills_its_workers_comes_back_failed(ray_local, tmp_path):
     keys = _images(str(tmp_path / "in"), 4)
     inp = str(tmp_path / "in")
-    io.write_bytes(io.join(inp, "die.png"), io.read_bytes(io.join(inp, keys[0])))
+    storage.write_bytes(storage.join(inp, "die.png"), storage.read_bytes(storage.join(inp, keys[0])))
     shards = [{"shard_id": 0, "keys": keys[:2], "attempt": 0}, {"shard_id": 1, "keys": ["die.png", keys[2]],
               "attempt": 0}, {"shard_id": 2, "keys": keys[3:], "attempt": 0}]
     seen = []

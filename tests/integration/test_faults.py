@@ -14,11 +14,12 @@ import pytest
 import ray
 import torch
 
-from cluster import io
+from cluster import images, storage
+from cluster.config import WorkerConfig
 from cluster.dispatcher import Dispatcher
 from cluster.runtime import shutdown_ray
 from cluster.worker import RestoreWorker
-from tests.integration._stubs import StubWorker
+from tests.integration._stubs import stub_worker
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +29,12 @@ def _job(tmp_path, n_shards: int, per_shard: int, **kw):
     keys = [f"k{i:03d}.png" for i in range(n_shards * per_shard)]
     g = torch.Generator().manual_seed(3)
     for k in keys:
-        io.write_bytes(io.join(inp, k), io.encode_png(torch.rand(3, 16, 16, generator=g)))
+        storage.write_bytes(storage.join(inp, k), images.encode_png(torch.rand(3, 16, 16, generator=g)))
     cfg = dict(input_url=inp, output_url=out, storage_options={}, mode="evaluate", task="sr_avgpool",
                task_settings={"scale": 2}, mask_url=None, model="tiny", checkpoint="random", dtype="fp32",
                steps=3, eta=0.85, sigma_y=0.0, travel=[1, 1, 1], samples=1, batch_size=2, seed=0,
                panels=False, threads=1)
-    cfg.update(kw)
+    cfg = WorkerConfig(**{**cfg, **kw})
     shards = [{"shard_id": i, "keys": keys[i * per_shard:(i + 1) * per_shard], "attempt": 0}
               for i in range(n_shards)]
     return cfg, shards, keys
@@ -101,8 +102,9 @@ def three_node_cluster():
 
 def test_removed_node_mid_job(three_node_cluster, tmp_path):
     cluster, workers = three_node_cluster
-    cfg, shards, keys = _job(tmp_path, n_shards=8, per_shard=2, stub_sleep=0.4)
-    d = Dispatcher(cfg, num_workers=2, gpus_per_worker=1.0, worker_cls=StubWorker, memory=200 * 2**20)
+    cfg, shards, keys = _job(tmp_path, n_shards=8, per_shard=2)
+    d = Dispatcher(cfg, num_workers=2, gpus_per_worker=1.0, worker_cls=stub_worker(sleep=0.4),
+                   memory=200 * 2**20)
     seen: list[dict] = []
     removed = []
 

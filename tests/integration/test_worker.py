@@ -12,21 +12,22 @@ import s3fs
 import torch
 from PIL import Image
 
-from cluster import io
-from cluster.outputs import ROW_FIELDS
+from cluster import images, storage
+from cluster.config import WorkerConfig
+from cluster.rows import NAMES as ROW_FIELDS
 from cluster.worker import RestoreWorker
-from tests.integration._stubs import StubWorker
+from tests.integration._stubs import StubWorker, stub_worker
 
 pytestmark = pytest.mark.integration
 
 
-def config(input_url: str, output_url: str, **kw) -> dict:
+def config(input_url: str, output_url: str, **kw) -> WorkerConfig:
     cfg = dict(input_url=input_url, output_url=output_url, storage_options={}, mode="evaluate",
                task="sr_avgpool", task_settings={"scale": 2}, mask_url=None, model="tiny",
                checkpoint="random", dtype="fp32", steps=2, eta=0.85, sigma_y=0.0, travel=[1, 1, 1],
                samples=1, batch_size=None, seed=0, panels=False, threads=1)
     cfg.update(kw)
-    return cfg
+    return WorkerConfig(**cfg)
 
 
 def write_inputs(put, n: int = 5, size: int = 16) -> list[str]:
@@ -40,7 +41,7 @@ def write_inputs(put, n: int = 5, size: int = 16) -> list[str]:
         Image.fromarray(arr).save(buf, format="PNG" if key.endswith(".png") else "JPEG")
         put(key, buf.getvalue())
         keys.append(key)
-    good = io.encode_png(torch.rand(3, size, size, generator=g))
+    good = images.encode_png(torch.rand(3, size, size, generator=g))
     put("bad/truncated.png", good[: len(good) // 2])
     put("bad/notes.jpg", b"this is a text file, not a JPEG\n")
     put("bad/empty.png", b"")
@@ -68,7 +69,7 @@ def check_summary(summary: dict, keys: list[str]) -> None:
 
 def test_worker_actor_local_folder(ray_local, tmp_path):
     inp, out = tmp_path / "in", tmp_path / "out"
-    keys = write_inputs(lambda k, b: io.write_bytes(io.join(str(inp), k), b))
+    keys = write_inputs(lambda k, b: storage.write_bytes(storage.join(str(inp), k), b))
     actor = ray.remote(RestoreWorker).options(num_gpus=1, num_cpus=1).remote(config(str(inp), str(out)))
     summary = ray.get(actor.restore_shard.remote({"shard_id": 7, "keys": keys, "attempt": 1}))
     ray.kill(actor)
@@ -106,13 +107,13 @@ def test_restore_mode_per_image_masks_and_samples(tmp_path):
     inp, masks, out = str(tmp_path / "in"), str(tmp_path / "masks"), str(tmp_path / "out")
     g = torch.Generator().manual_seed(2)
     for k in ("a.png", "b.png", "c.png"):
-        io.write_bytes(io.join(inp, k), io.encode_png(torch.rand(3, 16, 16, generator=g)))
+        storage.write_bytes(storage.join(inp, k), images.encode_png(torch.rand(3, 16, 16, generator=g)))
     keep = np.ones((16, 16), np.float32)
     keep[4:12, 4:12] = 0
-    io.write_bytes(io.join(masks, "a.png"), io.encode_png(torch.from_numpy(keep)[None]))
+    storage.write_bytes(storage.join(masks, "a.png"), images.encode_png(torch.from_numpy(keep)[None]))
     buf = _io.BytesIO()
     np.save(buf, keep)
-    io.write_bytes(io.join(masks, "b.npy"), buf.getvalue())  # c has no mask
+    storage.write_bytes(storage.join(masks, "b.npy"), buf.getvalue())  # c has no mask
     cfg = config(inp, out, mode="restore", task="inpaint", task_settings={}, mask_url=masks, samples=2,
                  panels=True)
     summary = RestoreWorker(cfg).restore_shard({"shard_id": 0, "keys": ["a.png", "b.png", "c.png"]})
@@ -128,9 +129,10 @@ def test_batch_failure_falls_back_to_one_by_one(tmp_path):
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     keys = ["a.png", "boom.png", "c.png", "d.png", "small.png"]
     for k in keys:
-        io.write_bytes(io.join(inp, k), io.encode_png(torch.rand(3, 8 if k == "small.png" else 16, 16)))
-    cfg = config(inp, out, batch_size=4, stub_size=16)
-    w = StubWorker(cfg)
+        side = 8 if k == "small.png" else 16
+        storage.write_bytes(storage.join(inp, k), images.encode_png(torch.rand(3, side, 16)))
+    cfg = config(inp, out, batch_size=4)
+    w = stub_worker(size=16)(cfg)
     rows = {r["key"]: r for r in w.restore_shard({"shard_id": 0, "keys": keys + ["gone.png"]})["rows"]}
     assert [k for k, r in rows.items() if r["status"] == "ok"] == ["a.png", "c.png", "d.png"]
     assert "out of memory" in rows["boom.png"]["error"]
@@ -142,7 +144,7 @@ def test_batch_failure_falls_back_to_one_by_one(tmp_path):
 
 def test_failed_write_is_a_failed_row(tmp_path):
     inp = str(tmp_path / "in")
-    io.write_bytes(io.join(inp, "a.png"), io.encode_png(torch.rand(3, 16, 16)))
+    storage.write_bytes(storage.join(inp, "a.png"), images.encode_png(torch.rand(3, 16, 16)))
     (tmp_path / "out").write_text("a file where the output folder should be")
     w = StubWorker(config(inp, str(tmp_path / "out")))
     (row,) = w.restore_shard({"shard_id": 0, "keys": ["a.png"]})["rows"]
@@ -151,8 +153,8 @@ def test_failed_write_is_a_failed_row(tmp_path):
 
 def test_restore_mode_sr_and_grey_colorize(tmp_path):
     inp = str(tmp_path / "in")
-    io.write_bytes(io.join(inp, "lr.png"), io.encode_png(torch.rand(3, 8, 8)))
-    io.write_bytes(io.join(inp, "grey.png"), io.encode_png(torch.rand(1, 16, 16)))
+    storage.write_bytes(storage.join(inp, "lr.png"), images.encode_png(torch.rand(3, 8, 8)))
+    storage.write_bytes(storage.join(inp, "grey.png"), images.encode_png(torch.rand(1, 16, 16)))
     sr = RestoreWorker(config(inp, str(tmp_path / "sr"), mode="restore"))
     (row,) = sr.restore_shard({"shard_id": 0, "keys": ["lr.png"]})["rows"]
     assert row["status"] == "ok", row["error"]
@@ -168,7 +170,7 @@ def test_results_do_not_depend_on_the_batch(tmp_path):
     inp = str(tmp_path / "in")
     keys = [f"{i}.png" for i in range(3)]
     for k in keys:
-        io.write_bytes(io.join(inp, k), io.encode_png(torch.rand(3, 16, 16)))
+        storage.write_bytes(storage.join(inp, k), images.encode_png(torch.rand(3, 16, 16)))
     rows = {}
     for bs in (1, 3):
         w = RestoreWorker(config(inp, str(tmp_path / f"out{bs}"), batch_size=bs, sigma_y=0.05))
@@ -185,7 +187,7 @@ def test_s3_endpoint_from_the_environment(s3_server, tmp_path):
     """No storage_options: s3fs finds the endpoint in AWS_ENDPOINT_URL, as for any s3fs program."""
     fs = s3fs.S3FileSystem(endpoint_url=s3_server)
     fs.mkdir("ddnm-env")
-    fs.pipe("ddnm-env/in/a.png", io.encode_png(torch.rand(3, 16, 16)))
+    fs.pipe("ddnm-env/in/a.png", images.encode_png(torch.rand(3, 16, 16)))
     w = StubWorker(config("s3://ddnm-env/in", "s3://ddnm-env/out"))
     (row,) = w.restore_shard({"shard_id": 0, "keys": ["a.png"]})["rows"]
     assert row["status"] == "ok", row["error"]

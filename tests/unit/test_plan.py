@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from jobs import plan as plan_mod
-from jobs import results, storage
+from jobs import results
+from jobs.inputs import list_inputs
 from jobs.spec import JobError, JobSpec
 
 
@@ -42,7 +43,8 @@ def fake_summary(shard, attempt=0, fail=()):
              "task": "sr_avgpool", "mode": "evaluate", "psnr": np.float64(20.5), "ssim": 0.5,
              "consistency": 1e-3, "in_height": 16, "in_width": 16, "steps": 3, "model_calls": 3,
              "samples": 1, "seed": 0, "seconds": 0.1, "shard_id": shard["shard_id"], "attempt": attempt,
-             "output": f"out/images/{k}"} for k in shard["keys"]]
+             "output": f"out/images/{k}", "worker": "w0", "node": "n0", "busy_seconds": 0.9,
+             "shard_seconds": 1.0} for k in shard["keys"]]
     return {"shard_id": shard["shard_id"], "attempt": attempt, "worker": "w0", "node": "n0",
             "seconds": 1.0, "busy_seconds": 0.9, "rows": rows}
 
@@ -59,10 +61,10 @@ def test_make_shards_sorted_and_ids():
 
 
 def test_listing_recursive_relative_and_excludes_output(inputs):
-    root, keys = storage.list_inputs(str(inputs), {}, exclude=(str(inputs / "restored"),))
+    root, keys = list_inputs(str(inputs), {}, exclude=(str(inputs / "restored"),))
     png(inputs / "restored" / "images" / "img00.png")
     png(inputs / "masks" / "img00.png")
-    _, again = storage.list_inputs(str(inputs), {}, exclude=(str(inputs / "restored"), None,
+    _, again = list_inputs(str(inputs), {}, exclude=(str(inputs / "restored"), None,
                                                               str(inputs / "masks")))
     assert root == str(inputs)
     assert keys == again == [f"img{i:02d}.png" for i in range(7)] + ["sub/deep/X.PNG"]
@@ -70,7 +72,7 @@ def test_listing_recursive_relative_and_excludes_output(inputs):
 
 def test_listing_missing_folder_names_url(tmp_path):
     with pytest.raises(JobError, match=r"nothere.*not found"):
-        storage.list_inputs(str(tmp_path / "nothere"), {})
+        list_inputs(str(tmp_path / "nothere"), {})
 
 
 @pytest.mark.parametrize("kind", ["txt", "csv", "parquet"])
@@ -83,14 +85,14 @@ def test_manifest_keys(inputs, kind):
         path.write_text("id,key\n" + "\n".join(f"{i},{k}" for i, k in enumerate(keys)) + "\n")
     else:
         pd.DataFrame({"key": keys}).to_parquet(path)
-    root, got = storage.list_inputs(str(path), {})
+    root, got = list_inputs(str(path), {})
     assert root == str(inputs) and got == sorted(keys)
 
 
 def test_manifest_of_absolute_paths(inputs):
     path = inputs / "abs.txt"
     path.write_text(f"{inputs}/img01.png\n{inputs}/sub/deep/X.PNG\n")
-    root, got = storage.list_inputs(str(path), {})
+    root, got = list_inputs(str(path), {})
     assert root == str(inputs) and got == ["img01.png", "sub/deep/X.PNG"]
 
 
@@ -103,7 +105,7 @@ def test_prepare_writes_plan_and_spec(inputs, tmp_path):
     spec = json.loads((out / "_spec.json").read_text())
     assert spec["spec_hash"] == p.spec.spec_hash() and spec["checkpoint_hash"] == "random"
     assert spec["code_version"]["package"]
-    assert p.config["input_url"] == str(inputs) and p.config["task_settings"] == {"scale": 4}
+    assert p.config.input_url == str(inputs) and p.config.task_settings == {"scale": 4}
 
 
 def test_dry_run_writes_nothing(inputs, tmp_path):
@@ -182,7 +184,7 @@ def test_mask_folder_becomes_mask_url(inputs, tmp_path):
     png(masks / "img00.png")
     spec = spec_for(inputs, tmp_path / "out", task="inpaint", set=[f"mask={masks}"])
     p = plan_mod.prepare(spec, dry_run=True)
-    assert p.config["mask_url"] == str(masks) and "mask" not in p.config["task_settings"]
+    assert p.config.mask_url == str(masks) and "mask" not in p.config.task_settings
 
 
 def test_summary_table_schema_and_single_file(inputs, tmp_path):
@@ -265,4 +267,4 @@ def test_mask_of_wrong_size_refused(inputs, tmp_path):
         plan_mod.prepare(spec, dry_run=True)
     png(tmp_path / "m16.png", size=16)
     ok = spec_for(inputs, tmp_path / "out", task="inpaint", set=[f"mask={tmp_path}/m16.png"])
-    assert plan_mod.prepare(ok, dry_run=True).config["task_settings"]["mask"].endswith("m16.png")
+    assert plan_mod.prepare(ok, dry_run=True).config.task_settings["mask"].endswith("m16.png")

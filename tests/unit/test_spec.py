@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from pydantic import ValidationError
 
@@ -18,12 +20,15 @@ def build(**kw):
 def test_defaults_and_worker_config_contract():
     spec = build(set=["scale=4"])
     cfg = spec.to_worker_config()
-    assert set(cfg) == {"input_url", "output_url", "storage_options", "mode", "task", "task_settings",
-                        "mask_url", "model", "checkpoint", "dtype", "steps", "eta", "sigma_y", "travel",
-                        "samples", "batch_size", "seed", "panels", "threads"}
-    assert cfg["task_settings"] == {"scale": 4} and isinstance(cfg["task_settings"]["scale"], int)
-    assert cfg["travel"] == [1, 1, 1] and cfg["mode"] == "evaluate"
-    assert spec.to_worker_config(input_url="s3://b/root")["input_url"] == "s3://b/root"
+    assert {f.name for f in dataclasses.fields(cfg)} == {
+        "input_url", "output_url", "storage_options", "mode", "task", "task_settings", "mask_url", "model",
+        "checkpoint", "dtype", "steps", "eta", "sigma_y", "travel", "samples", "batch_size", "seed", "panels",
+        "threads"}
+    assert cfg.task_settings == {"scale": 4} and isinstance(cfg.task_settings["scale"], int)
+    assert cfg.travel == (1, 1, 1) and cfg.mode == "evaluate"
+    assert spec.to_worker_config(input_url="s3://b/root").input_url == "s3://b/root"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3  # frozen: what the driver sent is what every worker runs
 
 
 def test_yaml_file_and_flags_override(tmp_path):
@@ -149,7 +154,7 @@ def test_example_job_files_are_valid():
     assert len(examples) >= 3
     for path in examples:
         spec = JobSpec.build(path)
-        assert spec.to_worker_config()["input_url"] == spec.input, path
+        assert spec.to_worker_config().input_url == spec.input, path
     s3 = JobSpec.build(examples[[p.name for p in examples].index("s3-eval.yaml")])
     assert s3.task == "sr_bicubic" and s3.settings == {"scale": 4} and s3.input.startswith("s3://")
 

@@ -1,0 +1,130 @@
+"""Image and mask files at the edge of the system: decode to tensors, encode PNGs (Pillow).
+
+`BadInput` is the error of an unusable file (empty, truncated, not an image, wrong size): retrying never
+helps, and the image gets a failed row naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+"""What a folder listing takes as inputs (any case)."""
+
+
+class BadInput(ValueError):
+    """An input file that cannot be used: ``str(e) == "name: reason"``."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+
+def is_image_key(key: str) -> bool:
+    return key.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def decode_image(data: bytes, name: str) -> torch.Tensor:
+    """Decode png / jpg / jpeg / webp / bmp / tif bytes into a float tensor ``(C, H, W)`` in ``[0, 1]``.
+
+    EXIF orientation is applied. Grey (and 1-bit) images give C = 1, colour images C = 3; an alpha
+    channel is dropped; palette, CMYK and YCbCr images are converted to RGB. 16-bit grey images keep
+    their precision (divided by 65535).
+    Channels are converted for the task and model by ``ddnm.restoration.Task.prepare``.
+    Raises:
+        BadInput: ``"name: reason"`` for an empty file, a file that is not an image, truncated or
+            corrupt image data, or an image too large to decode safely.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise BadInput(name, "empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except UnidentifiedImageError:
+        raise BadInput(name, "not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as e:
+        raise BadInput(name, f"image too large ({e})") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        raise BadInput(name, f"truncated or corrupt image data ({e})") from None
+    arr = _to_array(img)  # (H, W) or (H, W, 3) float32 in [0, 1]
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    if arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise BadInput(name, "image has zero size")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _to_array(img) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img, dtype=np.float64)
+        return np.clip(a / 65535.0, 0.0, 1.0).astype(np.float32)
+    if mode == "F":
+        return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    if mode in ("1", "L", "LA", "La"):
+        img = img.convert("L")
+    elif mode != "RGB":
+        img = img.convert("RGB")  # RGBA, P, CMYK, YCbCr, ...: alpha dropped
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def decode_mask(data: bytes, name: str) -> torch.Tensor:
+    """A per-image mask file (PNG or ``.npy``, read by ``ddnm.operators.read_mask``: PNG grey > 127
+    keeps) -> float tensor ``(1, H, W)`` of 0/1. Raises BadInput naming the file."""
+    from ddnm.operators import read_mask
+
+    try:
+        m = read_mask(data, name)
+    except ValueError as e:
+        raise BadInput(name, str(e).removeprefix(f"mask {name}: ")) from None
+    if m.shape[0] != 1 or m.shape[1] != 1:
+        raise BadInput(name, f"mask must be one 2-D (H, W) plane, got shape {tuple(m.shape)}")
+    return m[0].to(torch.float32)
+
+
+def encode_png(image: torch.Tensor, *, bits: int = 8) -> bytes:
+    """Encode ``(C, H, W)`` (C = 1 or 3) float in ``[0, 1]`` (values outside are clamped) as PNG bytes.
+
+    ``bits=8`` (default) or ``bits=16`` for 16-bit samples.
+    """
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits!r}")
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise ValueError(f"image must be (C, H, W) with C in (1, 3), got shape {tuple(image.shape)}")
+    x = image.detach().to("cpu", torch.float32).clamp(0, 1).numpy()
+    if bits == 16:
+        return _png16(np.rint(x * 65535.0).astype(">u2"))
+    from PIL import Image
+
+    a = np.rint(x * 255.0).astype(np.uint8)
+    img = Image.fromarray(a[0], "L") if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0), "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _png16(a: np.ndarray) -> bytes:
+    """A 16-bit grey or RGB PNG from a big-endian uint16 array (C, H, W) (Pillow cannot write RGB48)."""
+    c, h, w = a.shape
+    rows = a.transpose(1, 2, 0).reshape(h, w * c)
+    raw = b"".join(b"\x00" + rows[i].tobytes() for i in range(h))  # filter type 0 per row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    color_type = 0 if c == 1 else 2
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 1)) + chunk(
+        b"IEND", b""
+    )

@@ -1,0 +1,140 @@
+"""The accelerator side of the worker: one batch of equal-size images -> restored images and metrics.
+
+`BatchRestorer` owns the model and the job's task on one device. Everything about the restoration
+itself -- which channels an input is read with, the clean image's shape, degrade or observe, sample,
+score -- is ``ddnm.restoration`` (the path ``ddnm.restore`` runs too); this class adds what a
+long-running worker needs on top: operators cached per size, a probe of sizes the network cannot take,
+and an automatic batch size from free accelerator memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import ddnm.models
+from cluster.checkpoints import local_checkpoint
+from cluster.config import WorkerConfig
+from cluster.images import BadInput
+from ddnm.restoration import restore_batch
+
+CPU_BATCH_SIZE = 4
+"""Images per sampler call on a CPU when the config says ``batch_size: None`` (automatic)."""
+MAX_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchResult:
+    """One restored image, on the CPU."""
+
+    restored: torch.Tensor  # (C, H, W) in [0, 1], mean of the K samples, clamped
+    std: torch.Tensor | None  # (C, H, W) std of the K samples on [0, 1], None when K = 1
+    observation_view: torch.Tensor  # (C', h, w) in [0, 1], y as an image (for panels)
+    metrics: dict  # row fields: the metrics of ddnm.restoration.METRICS that apply, model_calls
+
+
+class BatchRestorer:
+    """The model and the job's sampling settings, on one device.
+
+    Args:
+        config: the job's worker configuration.
+        device: where the model runs.
+    """
+
+    def __init__(self, config: WorkerConfig, device: torch.device):
+        self.config = config
+        self.device = device
+        self.task = config.task_spec
+        self.dtype = ddnm.models.resolve_dtype(config.dtype)
+        checkpoint = local_checkpoint(config.checkpoint, config.storage_options)
+        self.model = ddnm.models.build(config.model, checkpoint, device=device, dtype=self.dtype)
+        self._batch_sizes: dict[tuple, int] = {}
+        self._ops: dict[tuple, object] = {}
+        self._size_checks: dict[tuple, str | None] = {}
+        self._probed: dict[tuple, str | None] = {}
+
+    # --------------------------------------------------------------------------------- shapes, batch
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """A decoded input (C, H, W) in the channels the task and model take (``Task.prepare``)."""
+        return self.task.prepare(image[None], mode=self.config.mode, model_channels=self.model.in_channels)[0]
+
+    def x_shape(self, image_shape: tuple) -> tuple[int, int, int]:
+        """The clean image's (C, H, W) for a prepared input of `image_shape`."""
+        return self.task.x_shape(image_shape, mode=self.config.mode, model_channels=self.model.in_channels)
+
+    def check_size(self, image_shape: tuple) -> str | None:
+        """Why a prepared input of `image_shape` cannot be restored with this task, or None (cached)."""
+        if image_shape not in self._size_checks:
+            self._size_checks[image_shape] = self.task.check(image_shape, mode=self.config.mode,
+                                                             model_channels=self.model.in_channels)
+        return self._size_checks[image_shape]
+
+    def _probe(self, x_shape: tuple, keys: list[str]) -> None:
+        """One model call on zeros of `x_shape` (cached): a size the network cannot take is a BadInput."""
+        if x_shape not in self._probed:
+            try:
+                with torch.no_grad():
+                    x = torch.zeros(1, *x_shape, device=self.device, dtype=torch.float32)
+                    self.model(x, torch.full((1,), 500, device=self.device, dtype=torch.long))
+                self._probed[x_shape] = None
+            except (RuntimeError, ValueError) as e:
+                if "out of memory" in str(e).lower():
+                    raise
+                self._probed[x_shape] = (f"wrong size for the model {self.config.model}: cannot restore "
+                                         f"{x_shape[2]}x{x_shape[1]} images ({str(e).splitlines()[0][:200]})")
+        if self._probed[x_shape]:
+            raise BadInput(", ".join(keys), self._probed[x_shape])
+
+    def batch_size(self, image_shape: tuple) -> int:
+        """Images per sampler call: the configured one, or the largest that fits (automatic)."""
+        if self.config.batch_size:
+            return int(self.config.batch_size)
+        if image_shape not in self._batch_sizes:
+            self._batch_sizes[image_shape] = self._auto_batch_size(self.x_shape(image_shape))
+        return self._batch_sizes[image_shape]
+
+    def _auto_batch_size(self, x_shape: tuple) -> int:
+        """CPU: a fixed default. CUDA: 60% of free memory / the peak memory of a batch-of-one forward."""
+        if self.device.type != "cuda":
+            return CPU_BATCH_SIZE
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        with torch.no_grad():
+            x = torch.zeros(1, *x_shape, device=self.device, dtype=self.dtype)
+            self.model(x, torch.full((1,), 500, device=self.device, dtype=torch.long))
+        per_image = max(torch.cuda.max_memory_allocated(self.device) - base, 1) * 2  # x_t, x0, eps, ...
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, min(MAX_BATCH_SIZE, int(0.6 * free / per_image) // self.config.samples))
+
+    def _operator(self, x_shape: tuple, masks: torch.Tensor | None):
+        """The task's operator for `x_shape`; built once per size unless it carries per-image masks
+        (building cs_block's orthogonal matrices or cs_walsh's permutation is not free)."""
+        if masks is not None:
+            return self.task.build(x_shape, device=self.device, masks=masks.to(self.device))
+        if x_shape not in self._ops:
+            self._ops[x_shape] = self.task.build(x_shape, device=self.device)
+        return self._ops[x_shape]
+
+    # ---------------------------------------------------------------------------------------- sample
+    def run(self, images: torch.Tensor, keys: list[str], masks: torch.Tensor | None) -> list[BatchResult]:
+        """Restore a batch. images (B, C, H, W) in [0, 1], prepared; masks (B or 1, 1, H, W) or None."""
+        cfg = self.config
+        x_shape = self.x_shape(tuple(images.shape[1:]))
+        self._probe(x_shape, keys)
+        op = self._operator(x_shape, masks)
+        out = restore_batch(self.model, op, images.to(self.device, torch.float32), mode=cfg.mode, keys=keys,
+                            seed=cfg.seed, steps=cfg.steps, eta=cfg.eta, sigma_y=cfg.sigma_y,
+                            travel=cfg.travel, samples=cfg.samples, dtype=self.dtype)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        restored, view = out.images.cpu(), out.observation_images.cpu()
+        std = None if out.std is None else out.std.cpu()
+        scores = {k: v.cpu() for k, v in out.metrics.items()}
+        return [BatchResult(restored=restored[i], std=None if std is None else std[i],
+                            observation_view=view[i],
+                            metrics={**{k: float(v[i]) for k, v in scores.items()},
+                                     "model_calls": int(out.model_calls)})
+                for i in range(images.shape[0])]

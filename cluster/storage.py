@@ -1,0 +1,178 @@
+"""Every access to object storage, for the driver and the workers alike (fsspec).
+
+Any fsspec URL works: a local path, ``file://``, ``s3://`` (s3fs; an endpoint through
+``storage_options={"endpoint_url": ...}`` or AWS_ENDPOINT_URL, as for any s3fs program), ``gs://``...
+
+Errors: a missing object is ``FileNotFoundError``; everything the storage itself gets wrong (network,
+throttling, permissions, an unknown protocol) is :class:`StorageError` naming the URL, after retries
+where retrying can help. Bad file *contents* are not storage errors (see ``cluster.images.BadInput``).
+
+Writes are single writes, so writing the same key twice (a retried shard) overwrites and never leaves
+a half-written or duplicate object: one PUT on object stores, a temporary file + ``os.replace`` on a
+local disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import tempfile
+import time
+from typing import Any
+
+
+class StorageError(OSError):
+    """A storage operation failed (network, throttling, permissions, unknown protocol)."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+
+def filesystem(url: str, storage_options: dict | None = None):
+    """``(fs, path)`` for an fsspec URL; instances are cached by fsspec per (protocol, options).
+
+    An unknown protocol, a missing optional package (gcsfs) or bad options are a StorageError."""
+    import fsspec
+
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"url must be a non-empty string, got {url!r}")
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except Exception as exc:
+        raise StorageError(url, f"cannot open this storage ({type(exc).__name__}: {exc})") from None
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL parts with ``/``: ``join("s3://b/out", "images", "a/b.png") == "s3://b/out/images/a/b.png"``."""
+    out = url.rstrip("/")
+    for p in parts:
+        p = str(p).strip("/")
+        if p:
+            out = f"{out}/{p}"
+    return out
+
+
+def _is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def with_retries(url: str, fn, attempts: int = 3):
+    """Run `fn`; transient storage failures are retried with a short backoff.
+
+    A missing object raises FileNotFoundError at once; permission and path-shape errors become a
+    StorageError at once (retrying cannot fix them); anything else is retried, then a StorageError.
+    """
+    for i in range(attempts):
+        try:
+            return fn()
+        except FileNotFoundError:
+            raise
+        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+            raise StorageError(url, f"{type(e).__name__}: {e}") from e
+        except Exception as e:  # botocore / aiohttp / OSError: all storage-side
+            if i == attempts - 1:
+                raise StorageError(url, f"{type(e).__name__}: {e}") from e
+            time.sleep(0.25 * 2**i)
+    raise AssertionError("unreachable")
+
+
+def read_bytes(url: str, storage_options: dict | None = None) -> bytes:
+    """The whole object at `url`. Raises FileNotFoundError if it does not exist, StorageError else."""
+    fs, path = filesystem(url, storage_options)
+    return with_retries(url, lambda: fs.cat_file(path))
+
+
+def exists(url: str, storage_options: dict | None = None) -> bool:
+    """Whether a file or folder is at `url` (fresh, not from fsspec's listing cache)."""
+    fs, path = filesystem(url, storage_options)
+    fs.invalidate_cache()
+    return bool(with_retries(url, lambda: fs.exists(path)))
+
+
+def isdir(url: str, storage_options: dict | None = None) -> bool:
+    fs, path = filesystem(url, storage_options)
+    return bool(with_retries(url, lambda: fs.isdir(path)))
+
+
+def isfile(url: str, storage_options: dict | None = None) -> bool:
+    fs, path = filesystem(url, storage_options)
+    return bool(with_retries(url, lambda: fs.isfile(path)))
+
+
+def find(url: str, storage_options: dict | None = None, *, skip: tuple[str, ...] = ()) -> list[str]:
+    """Every file below the folder `url`, as paths relative to it (fresh listing), skipping the
+    subtrees of the URLs in `skip`."""
+    fs, path = filesystem(url, storage_options)
+    fs.invalidate_cache()
+    found = with_retries(url, lambda: fs.find(path, withdirs=False))
+    base = path.rstrip("/")
+    skipped = tuple(filesystem(u, storage_options)[1].rstrip("/") + "/" for u in skip)
+    out = []
+    for full in found:
+        full = str(full)
+        if skipped and (full + "/").startswith(skipped):
+            continue
+        out.append(posixpath.relpath(full, base) if base else full)
+    return out
+
+
+def list_names(url: str, storage_options: dict | None = None) -> list[str]:
+    """Base names of the entries directly under the folder `url` (fresh, not cached); [] if none."""
+    fs, path = filesystem(url, storage_options)
+    fs.invalidate_cache()
+    try:
+        names = with_retries(url, lambda: fs.ls(path, detail=False))
+    except FileNotFoundError:
+        return []
+    return sorted(posixpath.basename(str(p).rstrip("/")) for p in names)
+
+
+def remove(url: str, storage_options: dict | None = None) -> None:
+    """Delete a file or a folder tree if present."""
+    fs, path = filesystem(url, storage_options)
+    fs.invalidate_cache()
+    if with_retries(url, lambda: fs.exists(path)):
+        with_retries(url, lambda: fs.rm(path, recursive=True))
+
+
+def read_json(url: str, storage_options: dict | None = None) -> Any | None:
+    """The JSON document at `url`, or None when there is none."""
+    try:
+        data = read_bytes(url, storage_options)
+    except FileNotFoundError:
+        return None
+    return json.loads(data.decode())
+
+
+def write_json(url: str, obj: Any, storage_options: dict | None = None) -> None:
+    """One write of a JSON document (deterministic key: a retry overwrites)."""
+    write_bytes(url, json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), storage_options)
+
+
+def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write `data` to `url` in one write (one PUT, or temp file + os.replace), overwriting."""
+    fs, path = filesystem(url, storage_options)
+    if _is_local(fs):
+        with_retries(url, lambda: _write_local(path, data))
+    else:
+        with_retries(url, lambda: fs.pipe_file(path, data))
+
+
+def _write_local(path: str, data: bytes) -> None:
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path)[-32:])
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+

@@ -1,0 +1,21 @@
+"""The driver's errors and the exit codes of `ddnm-batch` (one home for both).
+
+Exit codes: 0 every image ok; 3 the job finished and some images failed (each one has a row naming the
+file and the reason); 1 the job could not run (bad spec, unreachable storage, refused output), with one
+line on stderr naming the problem.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_FAILED_IMAGES = 3
+EXIT_INTERRUPTED = 130
+
+
+class JobError(Exception):
+    """The job could not run (bad spec, unreachable storage, refused output): exit code 1."""
+
+
+class SpecError(JobError, ValueError):
+    """A spec field is invalid; the message names the field and the value."""
