@@ -12,6 +12,7 @@ import math
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,11 @@ def _log(msg: str) -> None:
 
 # ---------------------------------------------------------------------------------------- parser
 
+def _choices(field: str) -> list[str]:
+    """The values a Literal field of the spec takes (the spec is where they are defined)."""
+    return list(typing.get_args(JobSpec.model_fields[field].annotation))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ddnm-batch", description="Zero-shot image restoration (DDNM) as a "
                                 "distributed, resumable batch job over object storage.")
@@ -38,11 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", help="output folder/prefix URL")
     r.add_argument("--task", help="task name (see `ddnm-batch tasks`) or pkg.module:OperatorClass")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="a task setting, repeatable")
-    r.add_argument("--mode", choices=["evaluate", "restore"])
+    r.add_argument("--mode", choices=_choices("mode"))
     r.add_argument("--mask-url", help="a prefix holding one mask per image under the same key")
     r.add_argument("--model", help="model name (see `ddnm-batch models`)")
     r.add_argument("--checkpoint", help="checkpoint path/URL, or 'random' (random weights)")
-    r.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
+    r.add_argument("--dtype", choices=_choices("dtype"))
     r.add_argument("--steps", type=int)
     r.add_argument("--eta", type=float)
     r.add_argument("--sigma-y", type=float, help="observation noise std on the [0, 1] scale")
@@ -86,17 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_RUN_FLAGS = ("input", "output", "task", "set", "mode", "mask_url", "model", "checkpoint", "dtype", "steps",
-              "eta", "sigma_y", "travel", "samples", "shard_size", "workers", "gpus_per_worker",
-              "cpus_per_worker", "batch_size", "threads", "seed", "panels", "incremental", "overwrite",
-              "retry_failed", "address", "storage_option")
+RUN_FLAG_FIELDS = {"set": "settings", "storage_option": "storage_options"}
+"""`run` flags whose spec field has another name; every other flag's dest is its field's name."""
+_NOT_SPEC = ("command", "job", "dry_run")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            spec = JobSpec.build(args.job, **{k: getattr(args, k) for k in _RUN_FLAGS})
+            flags = {k: v for k, v in vars(args).items() if k not in _NOT_SPEC}
+            spec = JobSpec.build(args.job, **flags)
             return run_job(spec, dry_run=args.dry_run)
         if args.command == "demo":
             return demo(args)

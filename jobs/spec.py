@@ -130,7 +130,7 @@ class JobSpec(BaseModel):
     mode: Literal["evaluate", "restore"] = Field("evaluate", description="inputs: truth or observed")
     model: str = Field("small-prior", description="a model from `ddnm-batch models`")
     checkpoint: str | None = Field(None, description="a checkpoint path/URL, 'random', or None (bundled)")
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="the model's compute dtype")
     steps: int = Field(100, ge=1, description="sampling steps (at most the model's diffusion steps)")
     eta: float = Field(0.85, ge=0.0, le=1.0, description="DDIM eta")
     sigma_y: float = Field(0.0, ge=0.0, description="observation noise std on the [0, 1] image scale")

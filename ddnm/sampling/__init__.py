@@ -1,6 +1,6 @@
 """DDNM / DDNM+ sampling: noise schedules, step lists with time travel, and the sampler loop."""
 
-from ddnm.sampling.ddnm import SampleOutput, ddnm_sample, image_generator
+from ddnm.sampling.sampler import SampleOutput, ddnm_sample, image_generator
 from ddnm.sampling.schedule import (
     cosine_schedule,
     linear_schedule,

@@ -67,7 +67,7 @@ def test_killed_actor_mid_job(ray_local, tmp_path):
             ray.kill(victim.actor, no_restart=True)
 
     d.run(shards, on_result)
-    _check_exactly_once(seen, keys, cfg["output_url"])
+    _check_exactly_once(seen, keys, cfg.output_url)
     assert d.workers_replaced >= 1  # (a result the victim finished just before the kill may be kept)
 
 
@@ -117,5 +117,5 @@ def test_removed_node_mid_job(three_node_cluster, tmp_path):
             cluster.remove_node(node, allow_graceful=False)
 
     d.run(shards, on_result)
-    _check_exactly_once(seen, keys, cfg["output_url"])
+    _check_exactly_once(seen, keys, cfg.output_url)
     assert d.workers_replaced >= 1
