@@ -5,9 +5,12 @@ What is validated, and how:
   Kubernetes OpenAPI schemas shipped inside the `kubernetes-validate` package (offline, no cluster;
   strict mode rejects unknown fields).
 - KubeRay objects (RayCluster, RayJob, and the RayJob template inside the nightly ConfigMap): their
-  CRD schemas are not in the core schemas, so every pod template inside them (head and each worker
-  group) is validated strictly as a core v1 PodTemplate, and the CRD-level fields are checked
-  structurally here (known field names of ray.io/v1, types, and the fields issue 5 requires).
+  CRD schemas are not in the core schemas, so every pod template inside them (head, each worker group,
+  the RayJob submitter) is validated strictly as a core v1 PodTemplate, and the CRD-level fields are
+  checked here against the field names of the ray.io/v1 CRDs of KubeRay 1.6.0, the version
+  deploy/README.md requires (types, enums, and the fields issue 5 requires).
+- Every pod, including the containers KubeRay adds (autoscaler sidecar, submitter), meets the
+  "restricted" Pod Security Standard.
 - The Ray cluster launcher config against Ray's own cluster-config schema (ray-schema.json, shipped in
   the installed ray package), via ``ray.autoscaler._private.util.validate_config``.
 - Every `ddnm-batch` command line in the manifests, the Dockerfile and deploy/README.md is parsed by the
@@ -41,7 +44,9 @@ RUN_DATE = "20260102"  # what the nightly launcher substitutes for __RUN_DATE__
 
 CORE_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ConfigMap", "CronJob"}
 RAY_KINDS = {"RayCluster", "RayJob"}
-# Field names of the ray.io/v1 CRDs (KubeRay 1.4/1.5) this repository may use; a typo fails.
+# The KubeRay operator deploy/README.md requires, and the field names of its ray.io/v1 CRDs
+# (ray-operator/config/crd/bases at tag v1.6.0); a typo, or a field of a later KubeRay, fails.
+KUBERAY_VERSION = "1.6.0"
 RAYJOB_SPEC_FIELDS = {
     "activeDeadlineSeconds", "backoffLimit", "clusterSelector", "deletionStrategy", "entrypoint",
     "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "jobId", "managedBy", "metadata",
@@ -50,15 +55,29 @@ RAYJOB_SPEC_FIELDS = {
 }
 RAYCLUSTER_SPEC_FIELDS = {
     "authOptions", "autoscalerOptions", "enableInTreeAutoscaling", "gcsFaultToleranceOptions",
-    "headGroupSpec", "headServiceAnnotations", "managedBy", "networkPolicy", "rayVersion", "suspend",
-    "upgradeStrategy", "workerGroupSpecs",
+    "headGroupSpec", "headServiceAnnotations", "managedBy", "rayVersion", "suspend", "upgradeStrategy",
+    "workerGroupSpecs",
 }
 HEAD_GROUP_FIELDS = {"enableIngress", "headService", "rayStartParams", "serviceType", "template", "resources",
                      "labels"}
 WORKER_GROUP_FIELDS = {"groupName", "idleTimeoutSeconds", "maxReplicas", "minReplicas", "numOfHosts",
                        "rayStartParams", "replicas", "scaleStrategy", "suspend", "template", "resources",
                        "labels"}
+AUTH_OPTIONS_FIELDS = {"enableK8sTokenAuth", "mode", "secretName"}
+AUTOSCALER_OPTIONS_FIELDS = {"env", "envFrom", "idleTimeoutSeconds", "image", "imagePullPolicy", "resources",
+                             "securityContext", "upscalingMode", "version", "volumeMounts"}
+SUBMITTER_CONFIG_FIELDS = {"backoffLimit"}
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
+# Fields used here that older operators lack: KubeRay 1.5 rejects them under strict kubectl validation,
+# and tools that do not validate silently drop them (token authentication included).
+KUBERAY_FIELD_SINCE = {"preRunningDeadlineSeconds": "1.6.0", "authOptions": "1.5.1"}
+# The "restricted" Pod Security Standard allows only these volume types.
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                           "persistentVolumeClaim", "projected", "secret"}
+RAY_UID = 1000  # user `ray` in Ray's images (deploy/Dockerfile's base); its name alone cannot be checked
+# How long KubeRay may take between two attempts of a RayJob (deleting the cluster and submitter,
+# creating the next ones) and, after the launcher gives up, how long its last delete may take.
+RETRY_GAP_SECONDS = 1800
 QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
 SECRET_NAME = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|CREDENTIAL)", re.I)
 EXTERNAL_IMAGES = {"alpine/k8s"}  # the nightly launcher's kubectl image, documented in deploy/README.md
@@ -173,13 +192,15 @@ def test_core_objects_validate_strictly_against_kubernetes_schemas():
 def test_ray_pod_templates_validate_strictly_as_core_pod_templates():
     kv = pytest.importorskip("kubernetes_validate")
     count = 0
-    for _where, spec in _cluster_specs():
-        for group, template in _pod_templates(spec):
-            wrapped = {"apiVersion": "v1", "kind": "PodTemplate",
-                       "metadata": {"name": f"{group}", "namespace": "ddnm"}, "template": template}
-            kv.validate(wrapped, K8S_VERSION, strict=True)
-            count += 1
-    assert count == 6  # head + gpu in the RayCluster, the RayJob and the nightly template
+    templates = [t for _, spec in _cluster_specs() for t in _pod_templates(spec)]
+    templates += [("submitter", o["spec"]["submitterPodTemplate"]) for _, o in _by_kind("RayJob")]
+    for group, template in templates:
+        wrapped = {"apiVersion": "v1", "kind": "PodTemplate",
+                   "metadata": {"name": f"{group}", "namespace": "ddnm"}, "template": template}
+        kv.validate(wrapped, K8S_VERSION, strict=True)
+        count += 1
+    # head + gpu in the RayCluster, the RayJob and the nightly template; both RayJobs' submitters
+    assert count == 8
 
 
 def test_the_validator_rejects_a_broken_object():
@@ -195,14 +216,24 @@ def test_the_validator_rejects_a_broken_object():
                      "template": template}, K8S_VERSION, strict=True)
 
 
-def test_ray_custom_resources_use_only_known_fields_of_the_v1_crds():
+def test_ray_custom_resources_use_only_fields_of_the_stated_kuberay_version():
     for where, obj in _by_kind("RayJob"):
         assert obj["apiVersion"] == "ray.io/v1", where
         assert set(obj["spec"]) <= RAYJOB_SPEC_FIELDS, f"{where}: {set(obj['spec']) - RAYJOB_SPEC_FIELDS}"
+        assert set(obj["spec"].get("submitterConfig", {})) <= SUBMITTER_CONFIG_FIELDS, where
+        for key in ("activeDeadlineSeconds", "preRunningDeadlineSeconds", "ttlSecondsAfterFinished"):
+            value = obj["spec"].get(key, 1)
+            assert isinstance(value, int) and value >= 1, f"{where}: {key} is a positive integer"
     for where, obj in _by_kind("RayCluster"):
         assert obj["apiVersion"] == "ray.io/v1", where
     for where, spec in _cluster_specs():
         assert set(spec) <= RAYCLUSTER_SPEC_FIELDS, f"{where}: {set(spec) - RAYCLUSTER_SPEC_FIELDS}"
+        auth = spec.get("authOptions", {})
+        assert set(auth) <= AUTH_OPTIONS_FIELDS and auth.get("mode", "token") in ("disabled", "token"), where
+        autoscaler = spec.get("autoscalerOptions", {})
+        unknown = set(autoscaler) - AUTOSCALER_OPTIONS_FIELDS
+        assert not unknown, f"{where}: autoscalerOptions {unknown}"
+        assert autoscaler.get("upscalingMode", "Default") in ("Default", "Aggressive", "Conservative"), where
         assert set(spec["headGroupSpec"]) <= HEAD_GROUP_FIELDS, where
         for g in spec["workerGroupSpecs"]:
             assert set(g) <= WORKER_GROUP_FIELDS, f"{where}: {set(g) - WORKER_GROUP_FIELDS}"
@@ -212,6 +243,18 @@ def test_ray_custom_resources_use_only_known_fields_of_the_v1_crds():
         params += [g["rayStartParams"] for g in spec["workerGroupSpecs"]]
         for p in params:  # KubeRay wants string values here
             assert all(isinstance(v, str) for v in p.values()), f"{where}: rayStartParams values are strings"
+
+
+def test_readme_states_the_kuberay_and_ray_versions_the_fields_need():
+    text = README.read_text()
+    assert f"KubeRay {KUBERAY_VERSION}" in text, "deploy/README.md must state the KubeRay version"
+    assert f"Ray {_ray_version()}" in text, "deploy/README.md must state the Ray version"
+    used = {key for _, obj in _by_kind("RayJob") for key in obj["spec"]}
+    used |= {key for _, spec in _cluster_specs() for key in spec}
+    version = tuple(int(x) for x in KUBERAY_VERSION.split("."))
+    for field, since in KUBERAY_FIELD_SINCE.items():
+        if field in used:
+            assert tuple(int(x) for x in since.split(".")) <= version, f"{field} needs KubeRay {since}"
 
 
 def test_resource_quantities_are_well_formed():
@@ -290,13 +333,14 @@ def test_nightly_cronjob_creates_a_dated_incremental_rayjob_and_never_overlaps()
     container = pod["containers"][0]
     script = " ".join(container.get("command", []) + container.get("args", []))
     assert "kubectl create" in script and "__RUN_DATE__" in script and "date -u" in script
-    # the template comes from the ConfigMap, mounted where the script reads it
+    # the template comes from the ConfigMap, mounted where the script reads it ($TEMPLATE)
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     cm_volume = next(n for n, v in volumes.items() if "configMap" in v)
     cm = _one("ConfigMap", volumes[cm_volume]["configMap"]["name"])
     (key,) = [k for k in cm["data"] if k.endswith(".yaml")]
-    assert f"{mounts[cm_volume]}/{key}" in script
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TEMPLATE"] == f"{mounts[cm_volume]}/{key}" and '"$TEMPLATE"' in script
     nightly = _template(cm["data"][key])
     assert nightly["kind"] == "RayJob"
     assert nightly["metadata"]["name"] == f"ddnm-nightly-{RUN_DATE}"
@@ -319,7 +363,95 @@ def test_nightly_launcher_has_exactly_the_rbac_it_needs():
     assert bindings[0]["roleRef"]["kind"] == "Role"
     (rule,) = role["rules"]
     assert rule["apiGroups"] == ["ray.io"] and rule["resources"] == ["rayjobs"]
-    assert {"create", "get"} <= set(rule["verbs"]) and "delete" not in rule["verbs"]
+    # create the night, read it, list earlier nights, delete finished or abandoned ones; nothing more
+    assert sorted(rule["verbs"]) == ["create", "delete", "get", "list"]
+    script = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    uses = {"create": "kubectl create", "get": "k get rayjob ", "list": "k get rayjobs", "delete": "k delete"}
+    for verb in rule["verbs"]:
+        assert uses[verb] in script, f"the launcher never uses {verb}"
+
+
+def test_the_nightly_rayjobs_whole_run_ends_before_the_launcher_gives_up():
+    """KubeRay restarts activeDeadlineSeconds with each attempt: all attempts together must end before
+    the launcher gives up, and the launcher (and its last delete) before its Job's deadline."""
+    job = _one("CronJob")["spec"]["jobTemplate"]["spec"]
+    env = {e["name"]: e.get("value") for e in job["template"]["spec"]["containers"][0]["env"]}
+    give_up = int(env["GIVE_UP_SECONDS"])
+    nightly = _one("RayJob", f"ddnm-nightly-{RUN_DATE}")["spec"]
+    retries = nightly["backoffLimit"]
+    per_attempt = nightly["activeDeadlineSeconds"]
+    assert nightly["preRunningDeadlineSeconds"] < per_attempt, "both clocks start with the attempt"
+    whole_run = (retries + 1) * per_attempt + retries * RETRY_GAP_SECONDS
+    assert whole_run < give_up, f"the RayJob may run {whole_run} s, the launcher gives up after {give_up} s"
+    last_delete = int(env["API_TRIES"]) * int(env["RETRY_SECONDS"]) + int(env["POLL_SECONDS"])
+    assert give_up + last_delete + RETRY_GAP_SECONDS <= job["activeDeadlineSeconds"] < 24 * 3600
+    assert job["backoffLimit"] == 0, "a retried launcher would outlive the night"
+
+
+def _all_pod_specs() -> list[tuple[str, dict]]:
+    """Every pod spec that will exist, with the containers KubeRay adds that carry our settings: the
+    autoscaler sidecar in the head pod (autoscalerOptions.securityContext) and the RayJob submitter."""
+    pods = []
+    for where, spec in _cluster_specs():
+        for group, template in _pod_templates(spec):
+            pod = copy.deepcopy(template["spec"])
+            if group == "head" and spec.get("enableInTreeAutoscaling"):
+                sidecar = {"name": "autoscaler", **{k: v for k, v in spec["autoscalerOptions"].items()
+                                                    if k == "securityContext"}}
+                pod["containers"].append(sidecar)
+            pods.append((f"{where}/{group}", pod))
+    pods += [(f"{w}/submitter", o["spec"]["submitterPodTemplate"]["spec"]) for w, o in _by_kind("RayJob")]
+    pods.append(("cronjob-nightly.yaml", _one("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]))
+    return pods
+
+
+def _assert_restricted(pod: dict, where: str) -> None:
+    """The "restricted" Pod Security Standard (its baseline and restricted controls) for one pod spec."""
+    assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), f"{where}: host namespaces"
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        assert kinds <= RESTRICTED_VOLUME_TYPES, f"{where}: volume {volume['name']} is {kinds}"
+    pod_sc = pod.get("securityContext", {})
+    for c in pod["containers"] + pod.get("initContainers", []):
+        sc, at = c.get("securityContext", {}), f"{where}/{c['name']}"
+        assert sc.get("privileged") is not True, f"{at}: privileged"
+        assert sc.get("allowPrivilegeEscalation") is False, f"{at}: allowPrivilegeEscalation must be false"
+        caps = sc.get("capabilities", {})
+        assert "ALL" in caps.get("drop", []), f"{at}: capabilities must drop ALL"
+        assert set(caps.get("add", [])) <= {"NET_BIND_SERVICE"}, f"{at}: added capabilities"
+        assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, f"{at}: runAsNonRoot"
+        uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+        assert isinstance(uid, int) and uid > 0, f"{at}: a numeric non-root runAsUser"
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile", {}))
+        assert seccomp.get("type") in ("RuntimeDefault", "Localhost"), f"{at}: seccompProfile"
+        for port in c.get("ports", []):
+            assert "hostPort" not in port, f"{at}: hostPort"
+
+
+def test_every_pod_meets_the_restricted_pod_security_standard():
+    pods = _all_pod_specs()
+    assert len(pods) == 9  # 6 Ray pods, 2 submitters, the nightly launcher
+    for where, pod in pods:
+        _assert_restricted(pod, where)
+        if any(c["image"].split(":")[0].endswith("/ddnm-batch") for c in pod["containers"] if "image" in c):
+            assert pod["securityContext"]["runAsUser"] == RAY_UID, f"{where}: run as the image's user ray"
+
+
+def test_the_restricted_check_catches_a_missing_field():
+    where, pod = _all_pod_specs()[0]
+    for path in (("securityContext", "seccompProfile"), ("securityContext", "runAsNonRoot")):
+        broken = copy.deepcopy(pod)
+        del broken[path[0]][path[1]]
+        with pytest.raises(AssertionError, match=path[1]):
+            _assert_restricted(broken, where)
+    broken = copy.deepcopy(pod)
+    broken["containers"][0]["securityContext"]["capabilities"] = {}
+    with pytest.raises(AssertionError, match="drop ALL"):
+        _assert_restricted(broken, where)
+    broken = copy.deepcopy(pod)
+    broken["containers"][-1].pop("securityContext")  # e.g. the autoscaler sidecar without its settings
+    with pytest.raises(AssertionError, match="allowPrivilegeEscalation"):
+        _assert_restricted(broken, where)
 
 
 def test_credentials_come_only_from_the_platform():
@@ -430,8 +562,12 @@ def test_dockerfile_builds_from_this_repository_without_checkpoints():
     assert len(args) == 1, "the base image is one ARG (RAY_IMAGE)"
     assert ("FROM", "${RAY_IMAGE}") in ins
     image = args[0]
-    assert re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py311-gpu", image), image
-    assert image.split(":")[1].split("-")[0] == _ray_version(), "image Ray == the Ray the package runs"
+    m = re.fullmatch(r"rayproject/ray:(\d+\.\d+\.\d+)-py311-(cu12\d)", image)
+    assert m, f"{image}: Ray's image pinned by its CUDA tag, not the moving -gpu alias"
+    assert m.group(1) == _ray_version(), "image Ray == the Ray the package runs"
+    # torch from PyTorch's index for the same CUDA as the base image (PyPI's torch is a CUDA 13 build)
+    (index,) = [v.split("=", 1)[1] for k, v in ins if k == "ARG" and v.startswith("TORCH_INDEX=")]
+    assert index == f"https://download.pytorch.org/whl/{m.group(2)}", index
     copies = [v for k, v in ins if k in ("COPY", "ADD")]
     assert copies
     for c in copies:
@@ -441,12 +577,38 @@ def test_dockerfile_builds_from_this_repository_without_checkpoints():
             assert not re.search(r"\.(pt|ckpt|pth|safetensors|bin)$|checkpoint", src), "no checkpoints"
     runs = " ".join(v for k, v in ins if k == "RUN")
     assert not re.search(r"(wget|curl)\s", runs), "nothing downloaded at build time but packages"
-    assert "torch==" in runs, "a pinned torch"
+    assert '--index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"' in runs, "a pinned torch, CUDA index"
+    assert "torch.version.cuda" in runs and "CUDA_VERSION" in runs, "the build checks torch's CUDA"
     cmd = next(v for k, v in ins if k == "CMD")
     assert cmd.startswith("[") and "ddnm-batch" in cmd
     assert not [k for k, _ in ins if k == "ENTRYPOINT"], "KubeRay replaces the command; no ENTRYPOINT"
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
     assert ".venv" in ignore and ".git" in ignore
+    assert [v for k, v in ins if k == "USER"][-1] == "ray", "the image runs as ray (uid 1000)"
+
+
+def test_dockerfile_installs_dependencies_in_a_layer_before_the_code():
+    ins = _dockerfile_instructions()
+    code = min(i for i, (k, v) in enumerate(ins) if k == "COPY" and re.search(r"\b(ddnm|cluster|jobs)\b", v))
+    pyproject = next(i for i, (k, v) in enumerate(ins) if k == "COPY" and "pyproject.toml" in v)
+    deps = next(i for i, (k, v) in enumerate(ins) if k == "RUN" and "pip install -r" in v)
+    assert pyproject < deps < code, "copy pyproject.toml, install the dependencies, then copy the code"
+    assert ins[pyproject][1].split()[1:-1] == ["pyproject.toml"], "only pyproject.toml before the deps"
+    assert "'dependencies'" in ins[deps][1], "the dependencies come from pyproject.toml"
+    after = [v for k, v in ins[code:] if k == "RUN" and "pip install" in v]
+    assert after and all("--no-deps" in v for v in after), "installing the code must not reinstall deps"
+
+
+def test_dockerfile_sets_no_unused_environment_variables():
+    """Each ENV is read by the code, or is a setting of Python or pip."""
+    names = []
+    for k, v in _dockerfile_instructions():
+        if k == "ENV":
+            names += re.findall(r"(\w+)=", v)
+    assert names
+    code = " ".join(p.read_text() for d in ("ddnm", "cluster", "jobs") for p in (ROOT / d).rglob("*.py"))
+    for name in names:
+        assert name.startswith(("PYTHON", "PIP_")) or name in code, f"ENV {name} is set but never read"
 
 
 def test_the_ddnm_batch_command_exists():
