@@ -97,12 +97,16 @@ RUN_FLAG_FIELDS = {"set": "settings", "storage_option": "storage_options"}
 _NOT_SPEC = ("command", "job", "dry_run")
 
 
+def spec_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed `run` flags that make the job spec (for ``JobSpec.build(args.job, **flags)``)."""
+    return {k: v for k, v in vars(args).items() if k not in _NOT_SPEC}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
-            flags = {k: v for k, v in vars(args).items() if k not in _NOT_SPEC}
-            spec = JobSpec.build(args.job, **flags)
+            spec = JobSpec.build(args.job, **spec_flags(args))
             return run_job(spec, dry_run=args.dry_run)
         if args.command == "demo":
             return demo(args)

@@ -691,7 +691,7 @@ def test_full_entrypoints_make_valid_job_specs():
         if argv[1:2] != ["run"]:
             continue
         ns = _check_flags(argv, where)
-        spec = JobSpec.build(ns.job, **{k: getattr(ns, k) for k in cli._RUN_FLAGS})
+        spec = JobSpec.build(ns.job, **cli.spec_flags(ns))
         assert spec.model in ("adm-256-uncond", "ddpm-celebahq-256", "adm-ffhq-256", "adm-256-cond")
         assert spec.checkpoint and spec.checkpoint != "random", f"{where}: a real checkpoint"
 
