@@ -1,6 +1,7 @@
 # Two entry points on a fresh machine: `make demo` and `make test`.
 # CPU machines get torch==2.13.0 first (a local CPU build here); a machine that already has a torch in
-# the venv (e.g. a CUDA build the user installed) keeps it.
+# the venv (e.g. a CUDA build the user installed) keeps it: the install pins torch to the installed
+# build, so pip picks the torchvision (for lpips, torch-fidelity) matching it instead of a newer torch.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
@@ -12,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test]" "torch==$$($(PY) -c 'import torch; print(torch.__version__)')"
 	touch $@
 
 demo: $(VENV)/.installed
