@@ -126,8 +126,7 @@ class SmallPriorEps(ADMEps):
         super().__init__(net, **kw)
         self.clip_x0 = clip_x0
         self.dc_prior = dc_prior
-        betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-        self.register_buffer("_abar", torch.cumprod(1.0 - betas, 0), persistent=False)
+        self.register_buffer("_abar", self.alpha_bar(), persistent=False)  # the model's own schedule
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None):
         eps = super().forward(x_t, t, class_labels)
