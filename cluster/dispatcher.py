@@ -66,6 +66,8 @@ class Dispatcher:
         max_attempts: actors a shard may be tried on before it is given up as failed.
         worker_cls: the actor class (a `RestoreWorker` subclass; tests use stand-ins).
         start_timeout: seconds to wait with work pending and no live actor before giving up.
+        on_wait: ``on_wait(ready, wanted, seconds)`` about once a second while work is pending and no
+            actor can take it (none ready yet: GPU nodes scaling up, images pulling, weights loading).
 
     Progress counters, updated before each ``on_result`` call: `shards_done`, `shards_failed`
     (given up after `max_attempts`), `images_ok`, `images_failed`, `workers_replaced`; and
@@ -75,7 +77,8 @@ class Dispatcher:
 
     def __init__(self, config: WorkerConfig, *, num_workers: int, gpus_per_worker: float = 1.0,
                  cpus_per_worker: float = 1, memory: int | None = None, in_flight: int = 2,
-                 max_attempts: int = 3, worker_cls: type = RestoreWorker, start_timeout: float = 600.0):
+                 max_attempts: int = 3, worker_cls: type = RestoreWorker, start_timeout: float = 600.0,
+                 on_wait: Callable[[int, int, float], None] | None = None):
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
         if gpus_per_worker < 0:
@@ -91,6 +94,7 @@ class Dispatcher:
         self.in_flight = in_flight
         self.max_attempts = max_attempts
         self.start_timeout = start_timeout
+        self.on_wait = on_wait
         options = {"num_gpus": gpus_per_worker, "num_cpus": cpus_per_worker, "max_concurrency": 2,
                    "max_restarts": 0, "max_task_retries": 0}
         if memory is None:
@@ -138,11 +142,16 @@ class Dispatcher:
                         self._on_shard(slot, ref, pending, on_result)
                 if any(s.ready for s in self.slots) or any(s.inflight for s in self.slots):
                     idle_since = time.monotonic()
-                elif time.monotonic() - idle_since > self.start_timeout:
+                    continue
+                waited = time.monotonic() - idle_since
+                if self.on_wait is not None:
+                    self.on_wait(0, len(self.slots), waited)
+                if waited > self.start_timeout:
                     raise WorkerStartError(
-                        f"no restore worker could be placed within {self.start_timeout:.0f} s "
-                        f"(each needs {self._options['num_gpus']} GPU, {self._options['num_cpus']} CPU; "
-                        f"the cluster has {ray.cluster_resources()})")
+                        f"no restore worker was ready within {self.start_timeout:.0f} s "
+                        f"(--worker-start-timeout); waited for {len(self.slots)}, each needing "
+                        f"{self._options['num_gpus']:g} GPU and {self._options['num_cpus']:g} CPU; "
+                        f"the cluster has {_resources(ray.cluster_resources())}")
         finally:
             for s in self.slots:
                 ray.kill(s.actor, no_restart=True)
@@ -225,6 +234,12 @@ class Dispatcher:
         self.images_ok += ok
         self.images_failed += len(summary["rows"]) - ok
         on_result(summary)
+
+
+def _resources(res: dict) -> str:
+    """'2 CPU, 0 GPU, 4.0 GiB memory' of Ray's cluster resources."""
+    return (f"{res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU, "
+            f"{res.get('memory', 0) / 2**30:.1f} GiB memory")
 
 
 def _reason(e: BaseException) -> str:

@@ -14,6 +14,8 @@ local disk.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import posixpath
@@ -60,19 +62,26 @@ def _is_local(fs) -> bool:
     return "file" in protocol or "local" in protocol
 
 
-def with_retries(url: str, fn, attempts: int = 3):
+def with_retries(url: str, fn, attempts: int = 3, *, precondition_is_final: bool = False):
     """Run `fn`; transient storage failures are retried with a short backoff.
 
     A missing object raises FileNotFoundError at once; permission and path-shape errors become a
     StorageError at once (retrying cannot fix them); anything else is retried, then a StorageError.
+    With `precondition_is_final`, a failed write condition (HTTP 412) raises at once, for the caller.
     """
     for i in range(attempts):
         try:
             return fn()
         except FileNotFoundError:
             raise
-        except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
-            raise StorageError(url, f"{type(e).__name__}: {e}") from e
+        except OSError as e:
+            if precondition_is_final and "pre-condition" in str(e):
+                raise _PreconditionFailed(str(e)) from e
+            if isinstance(e, PermissionError | IsADirectoryError | NotADirectoryError | FileExistsError):
+                raise StorageError(url, f"{type(e).__name__}: {e}") from e
+            if i == attempts - 1:
+                raise StorageError(url, f"{type(e).__name__}: {e}") from e
+            time.sleep(0.25 * 2**i)
         except Exception as e:  # botocore / aiohttp / OSError: all storage-side
             if i == attempts - 1:
                 raise StorageError(url, f"{type(e).__name__}: {e}") from e
@@ -176,3 +185,113 @@ def _write_local(path: str, data: bytes) -> None:
         raise
 
 
+
+
+# ----------------------------------------------------------------------------- conditional writes
+# What makes one writer per output possible (jobs/lease.py). Atomic where the store allows it: an
+# exclusive create / compare-and-swap under an flock on a local disk, a conditional PUT (If-None-Match,
+# If-Match) on S3. Other stores get check-then-write, which two writers in the same instant can both pass.
+
+
+def conditional_writes_are_atomic(url: str, storage_options: dict | None = None) -> bool:
+    fs, _ = filesystem(url, storage_options)
+    return _is_local(fs) or _is_s3(fs)
+
+
+def _is_s3(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "s3" in protocol or "s3a" in protocol
+
+
+def read_tagged(url: str, storage_options: dict | None = None) -> tuple[bytes, str] | None:
+    """(bytes, tag) of the object at `url`, or None; the tag changes with every write (ETag on object
+    stores, the content's sha256 on a local disk)."""
+    fs, path = filesystem(url, storage_options)
+    if _is_local(fs):
+        try:
+            data = _read_local(path)
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+    for _ in range(3):  # the ETag before and after the read agree: the bytes are that version's
+        try:
+            fs.invalidate_cache(path)
+            before = with_retries(url, lambda: fs.info(path)).get("ETag")
+            data = with_retries(url, lambda: fs.cat_file(path))
+            fs.invalidate_cache(path)
+            after = with_retries(url, lambda: fs.info(path)).get("ETag")
+        except FileNotFoundError:
+            return None
+        if before == after:
+            return data, str(after or hashlib.sha256(data).hexdigest())
+    raise StorageError(url, "the object changed during three reads in a row")
+
+
+def _read_local(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def write_if(url: str, data: bytes, storage_options: dict | None = None, *, tag: str | None) -> bool:
+    """Write `data` only if the object is absent (`tag=None`) or still at version `tag`; False when the
+    condition no longer holds (someone else wrote first)."""
+    fs, path = filesystem(url, storage_options)
+    if _is_local(fs):
+        with _local_lock(path):
+            current = None
+            with contextlib.suppress(FileNotFoundError):
+                current = hashlib.sha256(_read_local(path)).hexdigest()
+            if current != tag:
+                return False
+            _write_local(path, data)
+            return True
+    if _is_s3(fs):
+        kwargs = {"mode": "create"} if tag is None else {"IfMatch": tag}
+        try:
+            with_retries(url, lambda: fs.pipe_file(path, data, **kwargs), precondition_is_final=True)
+        except _PreconditionFailed:
+            return False
+        return True
+    current = read_tagged(url, storage_options)  # best effort on stores without conditional writes
+    if (current[1] if current else None) != tag:
+        return False
+    write_bytes(url, data, storage_options)
+    return True
+
+
+def delete_if(url: str, storage_options: dict | None = None, *, tag: str) -> bool:
+    """Delete the object if it is still at version `tag` (checked, then deleted: not atomic off local
+    disks, which is fine for a lease its holder releases)."""
+    fs, path = filesystem(url, storage_options)
+    if _is_local(fs):
+        with _local_lock(path):
+            try:
+                if hashlib.sha256(_read_local(path)).hexdigest() != tag:
+                    return False
+                os.unlink(path)
+            except FileNotFoundError:
+                return False
+            return True
+    current = read_tagged(url, storage_options)
+    if current is None or current[1] != tag:
+        return False
+    with_retries(url, lambda: fs.rm_file(path))
+    return True
+
+
+@contextlib.contextmanager
+def _local_lock(path: str):
+    import fcntl
+
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "." + os.path.basename(path) + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class _PreconditionFailed(Exception):
+    pass

@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--retry-failed", action="store_const", const=True,
                    help="run the images that failed in a previous run of this job again")
     r.add_argument("--address", help="join this Ray cluster (default: a local one on 127.0.0.1)")
+    r.add_argument("--worker-start-timeout", type=float, metavar="SECONDS",
+                   help="wait this long for the first worker (default 1800: GPU nodes scaling up)")
+    r.add_argument("--wait-for-lease", action="store_const", const=True,
+                   help="wait while another run holds the output (default: exit 1 naming it)")
+    r.add_argument("--lease-ttl", type=float, metavar="SECONDS",
+                   help="a holder silent this long is taken to be dead (default 120)")
     r.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, repeatable")
     r.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
 
@@ -175,18 +181,33 @@ def _start_ray(spec: JobSpec) -> tuple[int, float, bool]:
 
 
 def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
-    """Plan, run the pending shards on Ray, commit each, write the final table and the manifest."""
+    """Plan, run the pending shards on Ray, commit each, write the final table and the manifest.
+
+    A run holds the output's lease (jobs/lease.py) from before its first write to its last."""
+    from jobs import plan as plan_mod
+    from jobs.lease import Lease
+
+    if dry_run:
+        prepared = plan_mod.prepare(spec, dry_run=True)
+        spec = prepared.spec
+        workers = plan_workers(spec, _cuda_count())[0] if spec.address is None else (spec.workers or "auto")
+        print(plan_mod.describe(prepared, workers=workers, model_calls=spec.model_calls()))
+        return EXIT_OK
+    lease = Lease(spec.output, spec.storage_options, ttl=spec.lease_ttl, log=_log)
+    lease.acquire(wait=spec.wait_for_lease)
+    try:
+        return _run_held(spec, lease)
+    finally:
+        lease.release()
+
+
+def _run_held(spec: JobSpec, lease) -> int:
     from jobs import layout, results
     from jobs import plan as plan_mod
     from jobs.progress import Progress
 
-    prepared = plan_mod.prepare(spec, dry_run=dry_run)
+    prepared = plan_mod.prepare(spec, guard=lease.check)
     spec = prepared.spec
-    calls = spec.model_calls()
-    if dry_run:
-        workers = plan_workers(spec, _cuda_count())[0] if spec.address is None else (spec.workers or "auto")
-        print(plan_mod.describe(prepared, workers=workers, model_calls=calls))
-        return EXIT_OK
     opts, out = spec.storage_options, spec.output
     t0 = time.time()
     ran = {"ok": 0, "failed": 0}
@@ -199,6 +220,7 @@ def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
         progress = Progress(prepared.total_images, done=prepared.total_images - prepared.pending_images)
 
         def on_result(summary: dict[str, Any]) -> None:
+            lease.check()
             table = results.commit_shard(out, summary, opts)
             c = results.counts(table)
             ran["ok"] += c["ok"]
@@ -211,7 +233,8 @@ def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
             # that, one each, so that every worker gets one
             in_flight = 2 if len(prepared.pending) >= 2 * workers else 1
             Dispatcher(prepared.config, num_workers=workers, gpus_per_worker=gpw, in_flight=in_flight,
-                       cpus_per_worker=spec.cpus_per_worker).run(prepared.pending, on_result)
+                       cpus_per_worker=spec.cpus_per_worker, start_timeout=spec.worker_start_timeout,
+                       on_wait=progress.waiting).run(prepared.pending, on_result)
         except WorkerStartError as exc:
             raise JobError(str(exc)) from None
         finally:
@@ -229,6 +252,7 @@ def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
            "images_per_second": round((ran["ok"] + ran["failed"]) / seconds, 4) if seconds > 0 else None,
            "incremental": spec.incremental, "new_keys": prepared.new_keys,
            "retry_failed": spec.retry_failed, "retried_keys": prepared.retried_keys}
+    lease.check()
     table, manifest = results.finalize(out, opts, spec_hash=spec.spec_hash(), plan_shards=prepared.shards,
                                        run=run)
     c = manifest["counts"]

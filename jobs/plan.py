@@ -5,6 +5,7 @@ provenance jobs/provenance.py."""
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,9 +67,10 @@ def spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return diffs
 
 
-def prepare(spec: JobSpec, *, dry_run: bool = False) -> Prepared:
+def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] | None = None) -> Prepared:
     """Check the spec against the storage and the output, plan, and (unless dry_run) write the
-    spec and plan files. Raises JobError naming the problem before any work."""
+    spec and plan files. Raises JobError naming the problem before any work. `guard()` runs before
+    the first write (the lease check: it raises if this run no longer holds the output)."""
     opts = spec.storage_options
     out = spec.output
     previous = _read_previous_spec(out, opts)
@@ -113,6 +115,8 @@ def prepare(spec: JobSpec, *, dry_run: bool = False) -> Prepared:
                         new_keys=new_keys, retried_keys=retried, resumed=plan is not None,
                         previous_spec=previous, notes=notes)
     if not dry_run:
+        if guard is not None:
+            guard()
         _write_start(prepared, overwrite=spec.overwrite and previous is not None)
     return prepared
 

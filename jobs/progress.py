@@ -22,6 +22,7 @@ class Progress:
         self.t0 = self._last = time.monotonic()
         self._printed: tuple[int, int] | None = None
         self.bar = None
+        self._waited = self._waiting = False
         use_tty = self.stream.isatty() if tty is None else tty
         if use_tty:
             from tqdm import tqdm
@@ -44,11 +45,25 @@ class Progress:
         self.done += ok + failed
         self.failed += failed
         if self.bar is not None:
+            if self._waiting:
+                self.bar.set_description_str("restoring")
+                self._waiting = False
             self.bar.update(ok + failed)
             self.bar.set_postfix(failed=self.failed)
         elif time.monotonic() - self._last >= self.interval:
             self._last = time.monotonic()
             self._print()
+
+    def waiting(self, ready: int, wanted: int, seconds: float) -> None:
+        """While no worker can take work: "waiting for N workers: k ready (GPU nodes scaling up)"."""
+        text = f"waiting for {wanted} workers: {ready} ready (GPU nodes scaling up), {seconds:.0f} s"
+        if self.bar is not None:
+            self.bar.set_description_str(text)
+            self._waiting = True
+        elif time.monotonic() - self._last >= self.interval or not self._waited:
+            self._last = time.monotonic()
+            print(f"[ddnm-batch] {text}", file=self.stream, flush=True)
+        self._waited = True
 
     def close(self) -> None:
         if self.bar is not None:

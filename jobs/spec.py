@@ -149,6 +149,12 @@ class JobSpec(BaseModel):
     retry_failed: bool = Field(False, description="run the images whose committed rows failed again, "
                                "in new shards whose rows replace the failed ones")
     address: str | None = Field(None, description="Ray address to join; None = a local cluster")
+    worker_start_timeout: float = Field(1800.0, gt=0, description="seconds to wait for the first worker "
+                                        "(GPU nodes scaling up from zero, image pulls, checkpoint fetches)")
+    wait_for_lease: bool = Field(False, description="wait while another run holds the output, instead of "
+                                 "exiting")
+    lease_ttl: float = Field(120.0, gt=0, description="seconds without a heartbeat after which a run's "
+                             "lease on the output is taken over (the run died)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")
 
     @field_validator("travel", mode="before")

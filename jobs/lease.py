@@ -1,0 +1,157 @@
+"""One writer per output: a lease object, OUTPUT/_lease.json, held by the run that plans and commits.
+
+The lease names its holder (host, pid, run id, Ray job id when the driver runs as a Ray job) and
+carries a heartbeat the holder renews every `heartbeat` seconds. Another run finds it and either exits
+with one line naming the holder and how long ago it beat, or waits (``--wait-for-lease``). A lease whose
+last heartbeat is older than its ``ttl`` belongs to a run that died: it is taken over, with a log line.
+The holder checks that it still holds the lease before every write of the plan, the final table and
+the manifest, and before committing each shard; a run that lost it stops (exit 1).
+
+What it guarantees depends on the store (``cluster.storage.write_if``):
+* local disk (also NFS with working locks) and S3 (conditional PUT: If-None-Match / If-Match, which
+  AWS S3 and MinIO implement): taking and renewing are compare-and-swap, so two runs can never both
+  hold it;
+* other stores: check-then-write, so two runs started within the same moment could both take it; the
+  re-check before every plan write still stops the loser at its first write.
+Expiry compares the holder's wall clock (in the heartbeat) with the reader's: clocks skewed by more
+than the ttl defeat it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from cluster import storage
+from jobs.errors import JobError
+
+LEASE_FILE = "_lease.json"
+
+
+def describe(doc: dict[str, Any], now: float | None = None) -> str:
+    """'host:pid (run 1a2b3c4d, Ray job 02000000), last heartbeat 12 s ago'."""
+    age = (now or time.time()) - float(doc.get("heartbeat", 0))
+    job = f", Ray job {doc['ray_job_id']}" if doc.get("ray_job_id") else ""
+    return (f"{doc.get('host')}:{doc.get('pid')} (run {str(doc.get('run_id'))[:8]}{job}), "
+            f"last heartbeat {age:.0f} s ago")
+
+
+def read(output: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The current lease document, or None."""
+    got = storage.read_tagged(storage.join(output, LEASE_FILE), options)
+    return None if got is None else json.loads(got[0])
+
+
+class Lease:
+    """The lease of one run on one output. Use :meth:`acquire`, then :meth:`check`, :meth:`release`."""
+
+    def __init__(self, output: str, options: dict[str, Any], *, ttl: float, heartbeat: float | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        if ttl <= 0:
+            raise ValueError(f"ttl must be > 0 seconds, got {ttl!r}")
+        self.url = storage.join(output, LEASE_FILE)
+        self.output, self.options, self.ttl = output, options, float(ttl)
+        self.heartbeat = heartbeat if heartbeat is not None else max(0.5, self.ttl / 4)
+        self.log = log
+        self.run_id = uuid.uuid4().hex
+        self._tag: str | None = None
+        self._lost: str | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ----------------------------------------------------------------------------------------- take
+    def _doc(self) -> bytes:
+        now = time.time()
+        return json.dumps({
+            "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID"),
+            "heartbeat": now, "heartbeat_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "ttl": self.ttl,
+        }, indent=2).encode()
+
+    def acquire(self, *, wait: bool = False, poll: float = 2.0) -> Lease:
+        """Take the lease (taking over an expired one); JobError naming the holder if it is held and
+        `wait` is False, else wait until it is free or expires. Starts the heartbeat."""
+        announced = None
+        while True:
+            current = storage.read_tagged(self.url, self.options)
+            if current is None:
+                if self._write(None):
+                    break
+                continue  # someone created it between our read and our write: look again
+            data, tag = current
+            try:
+                holder = json.loads(data)
+                age = time.time() - float(holder["heartbeat"])
+                ttl = float(holder.get("ttl") or self.ttl)
+            except (ValueError, KeyError, TypeError):
+                holder, age, ttl = {"host": "?", "pid": "?", "run_id": "?", "heartbeat": 0}, float("inf"), 0.0
+            if age > ttl:
+                self.log(f"taking over the lease on {self.output} from {describe(holder)} "
+                         f"(expired after {ttl:.0f} s)")
+                if self._write(tag):
+                    break
+                continue
+            if not wait:
+                raise JobError(f"output {self.output} is in use by another run: {describe(holder)} "
+                               f"(its lease expires {ttl:.0f} s after its last heartbeat); wait for it "
+                               "with --wait-for-lease, or give another --output")
+            if announced != holder.get("run_id"):
+                self.log(f"waiting for the run holding {self.output}: {describe(holder)}")
+                announced = holder.get("run_id")
+            time.sleep(poll)
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="ddnm-lease")
+        self._thread.start()
+        return self
+
+    def _write(self, expected: str | None) -> bool:
+        data = self._doc()
+        if not storage.write_if(self.url, data, self.options, tag=expected):
+            return False
+        now = storage.read_tagged(self.url, self.options)  # our own version's tag (an ETag on S3)
+        if now is None or json.loads(now[0]).get("run_id") != self.run_id:
+            return False
+        self._tag = now[1]
+        return True
+
+    # ------------------------------------------------------------------------------------ heartbeat
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            with self._lock:
+                if self._lost:
+                    return
+                try:
+                    if not self._write(self._tag):
+                        holder = read(self.output, self.options)
+                        self._lost = f"taken over by {describe(holder)}" if holder else "deleted"
+                except Exception as exc:  # storage trouble: try again at the next beat, expire if it lasts
+                    self.log(f"lease heartbeat failed ({type(exc).__name__}: {exc}); retrying")
+
+    def check(self) -> None:
+        """JobError if this run no longer holds the lease (before any write of the plan or results)."""
+        with self._lock:
+            if self._lost is None:
+                current = storage.read_tagged(self.url, self.options)
+                if current is None or current[1] != self._tag:
+                    holder = json.loads(current[0]) if current else None
+                    self._lost = f"taken over by {describe(holder)}" if holder else "deleted"
+            if self._lost:
+                raise JobError(f"output {self.output}: this run's lease was {self._lost}; it stops "
+                               "without writing more (committed shards are kept)")
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lease if this run still holds it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            if self._tag is not None and not self._lost:
+                storage.delete_if(self.url, self.options, tag=self._tag)
+            self._tag = None
