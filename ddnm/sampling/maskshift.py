@@ -21,6 +21,14 @@ gives the same result, only slower. Each window of image ``b`` draws its noise f
 by (a number drawn once from image ``b``'s generator, ``i``, ``j``): results depend neither on the order
 nor on the batch.
 
+``margin`` (default 0, the paper): a window does not finish its pixels within ``margin`` of its right
+and bottom edges (where the network saw no context and zero padding) unless they are the canvas's;
+the next window restores them with context on both sides. Measured (4x SR, 128 px photos, 32 px
+windows at stride 16, 20 steps, bench/RESULTS.md): seam ratio 1.69 / 1.38 with margin 0, 1.31 / 1.17
+with margin 4, PSNR +0.5 dB. With ``margin > 0`` a raster window also sees the finished pixels of its
+upper-right neighbour in its own trailing margin, so raster and wavefront differ slightly; with
+``margin = 0`` they are equal.
+
 Supported tasks: operators that act on disjoint pixel blocks, whose restriction to a block-aligned
 window is the same operator at the window's size (per-image masks cropped): ``sr_avgpool`` (align =
 scale), ``colorize``, ``inpaint``, ``denoise`` (align 1) and ``cs_block`` (align = block). Bicubic SR,
@@ -170,7 +178,9 @@ def maskshift_sample(
 
     model: ``eps = model(x_t, t)``; window: side in pixels (default ``model.image_size``); stride:
     default ``window // 2``; order: "wavefront" (one anti-diagonal per batch) or "raster" (one window at
-    a time); window_batch: at most this many windows per batch (default: a whole anti-diagonal).
+    a time); margin: trailing pixels a window leaves unfinished (module docstring), a multiple of the
+    operator's block, at most ``window - stride``; window_batch: at most this many windows per batch
+    (default: a whole anti-diagonal).
     y (B, ...) and op as for :func:`ddnm.sampling.ddnm_sample`; generators: one per image;
     ``sampler``: steps, eta, sigma_y, travel. ``on_window(i, j, box, x, m)`` sees each finished window's
     x0 (B, C, h, w) and its known-pixel mask (1, 1, h, w).
@@ -207,38 +217,40 @@ def maskshift_sample(
 
     cells = [(i, j) for i in range(len(hs)) for j in range(len(ws))]
     if order == "raster":
-        groups = [[c] for c in cells]
+        stages = [[c] for c in cells]
     else:
-        groups = [[(i, j) for (i, j) in cells if i + j == d] for d in range(len(hs) + len(ws) - 1)]
-    if window_batch is not None:
-        groups = [g[k : k + window_batch] for g in groups for k in range(0, len(g), window_batch)]
+        stages = [[(i, j) for (i, j) in cells if i + j == d] for d in range(len(hs) + len(ws) - 1)]
+    chunk = window_batch or max(len(s) for s in stages)
 
     depth = calls = 0
-    for group in groups:
-        boxes = [(hs[i], ws[j], window, window) for i, j in group]
-        pieces, ys, gens, masks = [], [], [], []
-        for (i, j), (top, left, h, w) in zip(group, boxes, strict=True):
-            m = done[..., top : top + h, left : left + w].clone()
-            known = canvas[..., top : top + h, left : left + w]
-            pieces.append((restrict(op, (top, left, h, w)), m, B))
-            ys.append((1 - m) * pinv_y[..., top : top + h, left : left + w] + m * known)
-            gens += [_window_generator(bases[b], i, j, device) for b in range(B)]
-            masks.append(m)
-        out = ddnm_sample(model, torch.cat(ys), _KnownRegion(pieces), alpha_bar, generators=gens, **sampler)
-        depth += out.model_calls
-        calls += out.model_calls * len(group)
+    for stage in stages:  # a stage's windows see the pixels finished by earlier stages only
         finished = []
-        for k, ((i, j), (top, left, h, w)) in enumerate(zip(group, boxes, strict=True)):
-            xw, m = out.x[k * B : (k + 1) * B], masks[k]
-            keep = torch.zeros_like(m)  # the window's pixels it finishes: all but its trailing margin
-            keep[..., : h - (margin if i + 1 < len(hs) else 0), : w - (margin if j + 1 < len(ws) else 0)] = 1
-            new = keep * (1 - m)
+        for k in range(0, len(stage), chunk):
+            group = stage[k : k + chunk]
+            boxes = [(hs[i], ws[j], window, window) for i, j in group]
+            pieces, ys, gens, masks = [], [], [], []
+            for (i, j), (top, left, h, w) in zip(group, boxes, strict=True):
+                m = done[..., top : top + h, left : left + w].clone()
+                known = canvas[..., top : top + h, left : left + w]
+                pieces.append((restrict(op, (top, left, h, w)), m, B))
+                ys.append((1 - m) * pinv_y[..., top : top + h, left : left + w] + m * known)
+                gens += [_window_generator(bases[b], i, j, device) for b in range(B)]
+                masks.append(m)
+            out = ddnm_sample(model, torch.cat(ys), _KnownRegion(pieces), alpha_bar, generators=gens,
+                              **sampler)
+            depth += out.model_calls
+            calls += out.model_calls * len(group)
+            for n, ((i, j), box) in enumerate(zip(group, boxes, strict=True)):
+                xw, m = out.x[n * B : (n + 1) * B], masks[n]
+                keep = torch.zeros_like(m)  # what the window finishes: all but its trailing margin
+                keep[..., : window - (margin if i + 1 < len(hs) else 0),
+                     : window - (margin if j + 1 < len(ws) else 0)] = 1
+                finished.append((box, xw, keep * (1 - m)))
+                if on_window is not None:
+                    on_window(i, j, box, xw, m)
+        for (top, left, h, w), xw, new in finished:  # disjoint within a stage (module docstring)
             region = canvas[..., top : top + h, left : left + w]
             canvas[..., top : top + h, left : left + w] = torch.where(new > 0.5, xw, region)
-            finished.append((top, left, h, w, new))
-            if on_window is not None:
-                on_window(i, j, (top, left, h, w), xw, m)
-        for top, left, h, w, new in finished:  # after the whole group: its windows see earlier groups only
             done[..., top : top + h, left : left + w] += new
     return MaskShiftOutput(x=canvas, model_calls=calls, depth=depth, windows=len(cells),
                            starts=(tuple(hs), tuple(ws)))
