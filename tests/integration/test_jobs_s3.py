@@ -172,14 +172,16 @@ def test_spec_change_refused(s3, e2e, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_driver_killed_then_resumed(s3, ray_local):
+def test_driver_killed_then_resumed(s3, ray_local, capsys):
+    """Killed mid-job: its lease expires (its --lease-ttl 3) and the resumed run takes over."""
     n, per_shard = 20, 2  # many small shards, so the kill lands mid-job even on a fast machine
     put_inputs(s3, "kill/in", n)
     out = f"{BUCKET}/kill/out"
     args = ["run", "--input", f"s3://{BUCKET}/kill/in", "--output", f"s3://{out}", "--task", "sr_avgpool",
             *TINY, "--steps", "6", "--gpus-per-worker", "1", "--shard-size", str(per_shard)]
     address = ray_local.get_runtime_context().gcs_address
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--workers", "1", "--address", address],
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *args, "--workers", "1", "--address", address,
+                             "--lease-ttl", "3"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 240
     try:
@@ -195,8 +197,12 @@ def test_driver_killed_then_resumed(s3, ray_local):
     assert 1 <= len(committed) < n // per_shard, "the driver should have died mid-job"
     assert not s3.exists(f"{out}/_manifest.json")
 
-    code = main([*args, "--workers", "2"])  # in-process resume on the shared Ray, more workers
+    capsys.readouterr()
+    code = main([*args, "--workers", "2", "--wait-for-lease"])  # in-process resume, more workers
     assert code == 0
+    err = capsys.readouterr().err
+    assert "taking over the lease on s3://" in err and "expired after 3 s" in err, err
+    assert not s3.exists(f"{out}/_lease.json")  # released at the end
     manifest = json.loads(s3.cat(f"{out}/_manifest.json"))
     assert manifest["run"]["images"] == n - per_shard * len(committed)  # only the unfinished shards ran
     for path, data in committed.items():

@@ -1,5 +1,6 @@
 """The seams between the layers: flags, job-file fields and the spec agree; the worker's metrics are
-columns; the column table is README's table; the import graph has no cycle and flows jobs -> cluster -> ddnm."""
+columns; the column table is README's table; the import graph has no cycle and flows
+jobs -> cluster -> ddnm."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def test_cli_flags_job_file_fields_and_spec_agree(tmp_path):
               "travel": "1,1,1", "samples": 1, "shard_size": 4, "workers": 1, "gpus_per_worker": 0.0,
               "cpus_per_worker": 1.0, "batch_size": 2, "seed": 1, "threads": 1, "panels": False,
               "incremental": False, "overwrite": False, "retry_failed": False, "address": None,
-              "storage_options": {}}
+              "storage_options": {}, "worker_start_timeout": 60.0, "wait_for_lease": True,
+              "lease_ttl": 30.0}
     assert set(values) == fields, "update this test's job file when a field is added"
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({k.replace("_", "-"): v for k, v in values.items()}))
