@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from cluster import storage
-from jobs import layout, results
+from jobs import layout, lease, results
 from jobs.errors import EXIT_FAILED_IMAGES, EXIT_OK, JobError
 
 
@@ -31,6 +31,7 @@ def job_status(output: str, options: dict[str, Any]) -> dict[str, Any]:
                    "pending": sum(n for i, n in shards.items() if i not in committed)},
         "complete": manifest is not None and not (set(shards) - committed),
         "spec_hash": plan.get("spec_hash"),
+        "lease": lease.read(output, options),
     }
 
 
@@ -44,6 +45,8 @@ def status(output: str, options: dict[str, Any], *, as_json: bool = False) -> in
         print(f"  shards: {s['done']} done, {s['failed']} with failed images, {s['pending']} pending "
               f"(of {s['total']})")
         print(f"  images: {i['ok']} ok, {i['failed']} failed, {i['pending']} pending (of {i['total']})")
+        if st["lease"]:
+            print(f"  held by: {lease.describe(st['lease'])}")
     return EXIT_FAILED_IMAGES if st["images"]["failed"] else EXIT_OK
 
 

@@ -58,6 +58,10 @@ def test_two_runs_on_one_output(where, tmp_path, s3_server, ray_local, capsys):
         err = capsys.readouterr().err
         assert f"ddnm-batch: error: output {out} is in use by another run: " in err
         assert f":{first.pid} (run " in err and "last heartbeat" in err
+        while not storage.exists(storage.join(out, "_plan.json"), opts):
+            time.sleep(0.05)
+        main(["status", out, "--json"] + [f"--storage-option=endpoint_url={s3_server}"] * (where == "s3"))
+        assert json.loads(capsys.readouterr().out)["lease"]["pid"] == first.pid  # status shows the holder
         assert first.poll() is None, "the first run should still hold the output"
         code = main(args + ["--workers", "1", "--wait-for-lease"])  # waits for the first run, then runs
     finally:
