@@ -50,6 +50,8 @@ class _Slot:
     ready: bool = False
     info: dict = field(default_factory=dict)
     inflight: dict = field(default_factory=dict)
+    progress_ref: object = None
+    finished: int = 0  # images its in-flight shards had finished at the last progress answer
 
 
 class Dispatcher:
@@ -66,6 +68,8 @@ class Dispatcher:
         max_attempts: actors a shard may be tried on before it is given up as failed.
         worker_cls: the actor class (a `RestoreWorker` subclass; tests use stand-ins).
         start_timeout: seconds to wait with work pending and no live actor before giving up.
+        on_progress: ``on_progress(finished)`` every `progress_every` seconds with the images the actors
+            have finished in shards not delivered yet (between shard commits).
         on_wait: ``on_wait(ready, wanted, seconds)`` about once a second while work is pending and no
             actor can take it (none ready yet: GPU nodes scaling up, images pulling, weights loading).
 
@@ -78,7 +82,8 @@ class Dispatcher:
     def __init__(self, config: WorkerConfig, *, num_workers: int, gpus_per_worker: float = 1.0,
                  cpus_per_worker: float = 1, memory: int | None = None, in_flight: int = 2,
                  max_attempts: int = 3, worker_cls: type = RestoreWorker, start_timeout: float = 600.0,
-                 on_wait: Callable[[int, int, float], None] | None = None):
+                 on_wait: Callable[[int, int, float], None] | None = None,
+                 on_progress: Callable[[int], None] | None = None, progress_every: float = 2.0):
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be an int >= 1, got {num_workers!r}")
         if gpus_per_worker < 0:
@@ -95,7 +100,9 @@ class Dispatcher:
         self.max_attempts = max_attempts
         self.start_timeout = start_timeout
         self.on_wait = on_wait
-        options = {"num_gpus": gpus_per_worker, "num_cpus": cpus_per_worker, "max_concurrency": 2,
+        self.on_progress, self.progress_every = on_progress, progress_every
+        self._polled = 0.0
+        options = {"num_gpus": gpus_per_worker, "num_cpus": cpus_per_worker, "max_concurrency": 3,
                    "max_restarts": 0, "max_task_retries": 0}
         if memory is None:
             memory = DEFAULT_WORKER_MEMORY
@@ -142,6 +149,7 @@ class Dispatcher:
                         self._on_shard(slot, ref, pending, on_result)
                 if any(s.ready for s in self.slots) or any(s.inflight for s in self.slots):
                     idle_since = time.monotonic()
+                    self._poll_progress()
                     continue
                 waited = time.monotonic() - idle_since
                 if self.on_wait is not None:
@@ -158,6 +166,29 @@ class Dispatcher:
             self.slots = []
 
     # ------------------------------------------------------------------------------------- internals
+    def _poll_progress(self) -> None:
+        """Ask every busy actor how far its shards are (at most every `progress_every` s); report the
+        answers that arrived by the next poll. A slow or dead actor only delays its own count."""
+        now = time.monotonic()
+        if self.on_progress is None or now - self._polled < self.progress_every:
+            return
+        self._polled = now
+        finished = 0
+        for s in self.slots:
+            ref = s.progress_ref
+            if ref is not None and ray.wait([ref], timeout=0)[0]:
+                try:
+                    counts = ray.get(ref)
+                    running = {int(sh["shard_id"]) for sh in s.inflight.values()}
+                    s.finished = sum(n for sid, n in counts.items() if int(sid) in running)
+                except RayError:
+                    s.finished = 0
+                s.progress_ref = None
+            if s.progress_ref is None and s.ready and s.inflight:
+                s.progress_ref = s.actor.progress.remote()
+            finished += s.finished if s.inflight else 0
+        self.on_progress(finished)
+
     def _start(self) -> _Slot:
         actor = self._actor_cls.remote(self._config_ref)
         return _Slot(actor=actor, ready_ref=actor.ready.remote())
@@ -195,6 +226,7 @@ class Dispatcher:
             self._retry(shard, f"worker lost ({_reason(e)})", pending, on_result)
             self._replace(slot, pending, on_result, reason=f"worker lost ({_reason(e)})")
             return
+        slot.finished = 0  # its count included this shard; the next answer counts the others
         self._deliver(summary, on_result)
 
     def _replace(self, slot: _Slot, pending, on_result=None, reason: str = "") -> None:

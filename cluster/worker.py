@@ -2,7 +2,7 @@
 
 `RestoreWorker` is a plain module-level class (usable without Ray, e.g. in benchmarks); the
 dispatcher turns it into an actor with ``ray.remote(RestoreWorker).options(num_gpus=..., num_cpus=...,
-memory=..., max_concurrency=2)``.
+memory=..., max_concurrency=3)``: two shards and a `progress` call at a time.
 
 Keeping the accelerator busy (the pipeline of one shard):
 
@@ -78,12 +78,20 @@ class RestoreWorker:
         self._pool = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="ddnm-io")
         self._shared_mask = self._load_shared_mask()
         self._batch_sizes: dict[tuple, int] = {}
+        self._finished: dict[int, int] = {}  # shard id -> images finished so far (restored or failed)
 
     def _make_sampler(self):
         """The accelerator side (`cluster.restorer.BatchRestorer`); tests may swap in a stand-in."""
         from cluster.restorer import BatchRestorer
 
         return BatchRestorer(self.config, self.device)
+
+    def progress(self) -> dict[int, int]:
+        """{shard id: images finished so far} of the shards running here (the dispatcher polls it)."""
+        return dict(self._finished)
+
+    def _finish(self, shard_id: int, n: int = 1) -> None:
+        self._finished[shard_id] = self._finished.get(shard_id, 0) + n
 
     def ready(self) -> dict:
         """Where the worker runs; the dispatcher waits on this before sending it shards."""
@@ -96,8 +104,10 @@ class RestoreWorker:
         t0 = time.perf_counter()
         keys = list(shard["keys"])
         rows = shard_rows(self.config, shard, worker=self.worker, node=self.node)
+        sid = int(shard["shard_id"])
+        self._finished[sid] = 0
         batches: queue.Queue = queue.Queue(maxsize=2)
-        reader = threading.Thread(target=self._read_all, args=(keys, rows, batches), daemon=True,
+        reader = threading.Thread(target=self._read_all, args=(keys, rows, batches, sid), daemon=True,
                                   name=f"ddnm-reader-{shard['shard_id']}")
         reader.start()
         writes: list[tuple[int, Future]] = []
@@ -107,9 +117,12 @@ class RestoreWorker:
                 t1 = time.perf_counter()
                 results = self._sample(batch, rows)
                 busy += time.perf_counter() - t1
+            self._finish(sid, len(batch) - len(results))  # failed in sampling
             for item, res in results:
                 rows[item.index]["seconds"] += item.seconds
-                writes.append((item.index, self._pool.submit(self._write, item, res, rows[item.index])))
+                fut = self._pool.submit(self._write, item, res, rows[item.index])
+                fut.add_done_callback(lambda _f: self._finish(sid))
+                writes.append((item.index, fut))
         reader.join()
         for index, fut in writes:
             try:
@@ -121,11 +134,12 @@ class RestoreWorker:
             if r["status"] != "ok" and r["error"] is None:
                 fail(r, "not restored (internal error)")
             r.update(busy_seconds=busy, shard_seconds=seconds)
+        self._finished.pop(sid, None)
         return {"shard_id": shard["shard_id"], "attempt": shard.get("attempt", 0), "worker": self.worker,
                 "node": self.node, "seconds": seconds, "busy_seconds": busy, "rows": rows}
 
     # ----------------------------------------------------------------------------------------- reader
-    def _read_all(self, keys: list[str], rows: list[Row], out: queue.Queue) -> None:
+    def _read_all(self, keys: list[str], rows: list[Row], out: queue.Queue, sid: int) -> None:
         """Read and decode `keys` a window ahead, group equal sizes, put batches (lists of Item) on `out`."""
         try:
             window = max(2 * self._batch_cap(), 4)
@@ -142,6 +156,7 @@ class RestoreWorker:
                     fail(rows[i], e)
                     if getattr(e, "size", None):
                         rows[i]["in_height"], rows[i]["in_width"] = e.size
+                    self._finish(sid)
                     continue
                 futures[i] = None  # free the bytes
                 rows[i]["in_height"], rows[i]["in_width"] = item.image.shape[1:]

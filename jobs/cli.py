@@ -234,7 +234,8 @@ def _run_held(spec: JobSpec, lease) -> int:
             in_flight = 2 if len(prepared.pending) >= 2 * workers else 1
             Dispatcher(prepared.config, num_workers=workers, gpus_per_worker=gpw, in_flight=in_flight,
                        cpus_per_worker=spec.cpus_per_worker, start_timeout=spec.worker_start_timeout,
-                       on_wait=progress.waiting).run(prepared.pending, on_result)
+                       on_wait=progress.waiting, on_progress=progress.running).run(prepared.pending,
+                                                                                    on_result)
         except WorkerStartError as exc:
             raise JobError(str(exc)) from None
         finally:

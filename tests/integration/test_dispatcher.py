@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import io
+import time
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 from cluster import images, storage
 from cluster.config import WorkerConfig
 from cluster.dispatcher import Dispatcher, WorkerStartError
+from jobs.progress import Progress
 from tests.integration._stubs import StubWorker, stub_worker
 
 pytestmark = pytest.mark.integration
@@ -79,3 +82,28 @@ def test_missing_mask_file_fails_the_worker_init(tmp_path):
     cfg = _config(tmp_path, task_settings={"scale": 2, "mask": str(tmp_path / "no-such-mask.png")})
     with pytest.raises(ValueError, match="task_settings.mask: no such file .*no-such-mask.png"):
         StubWorker(cfg)
+
+
+def test_workers_report_images_done_between_commits(tmp_path, ray_local):
+    """One shard of 6 images, one image per batch: the running count moves before the shard commits."""
+    keys = _images(str(tmp_path / "in"), 6)
+    seen: list[tuple[float, int]] = []
+    committed: list[float] = []
+    d = Dispatcher(_config(tmp_path, batch_size=1), num_workers=1, gpus_per_worker=1.0,
+                   worker_cls=stub_worker(sleep=0.4), progress_every=0.2,
+                   on_progress=lambda n: seen.append((time.monotonic(), n)))
+    d.run([{"shard_id": 0, "keys": keys}], lambda s: committed.append(time.monotonic()))
+    before = [n for t, n in seen if t < committed[0]]
+    assert any(0 < n < 6 for n in before), seen
+    assert before == sorted(before)  # images only ever finish
+
+
+def test_progress_counts_running_images_and_prints_between_commits():
+    stream = io.StringIO()
+    p = Progress(10, stream=stream, interval=0.0, tty=False)
+    p.running(3)
+    assert stream.getvalue().splitlines()[-1].startswith("[ddnm-batch] 3/10 images (0 failed)")
+    p.update(4, 1)  # the shard of those 3 committed with 5 images
+    p.running(1)
+    p.close()
+    assert stream.getvalue().splitlines()[-1].startswith("[ddnm-batch] 6/10 images (1 failed)")
