@@ -97,7 +97,7 @@ def commit_shard(output: str, summary: dict[str, Any], options: dict[str, Any]) 
 
 
 def read_table(url: str, options: dict[str, Any]) -> pa.Table:
-    return pq.read_table(io.BytesIO(cio.read_bytes(url, options))).cast(SCHEMA)
+    return storage.read_parquet_bytes(cio.read_bytes(url, options)).cast(SCHEMA)
 
 
 def read_committed(output: str, options: dict[str, Any], shard_ids: set[int] | None = None) -> pa.Table:

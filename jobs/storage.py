@@ -93,6 +93,22 @@ def list_inputs(url: str, options: dict[str, Any], *,
     return url.rstrip("/"), sorted(keys)
 
 
+def read_parquet_bytes(data: bytes):
+    """A Parquet file's bytes -> a pyarrow Table, read from a copy in Arrow's own memory.
+
+    Not ``pq.read_table(io.BytesIO(data))``: Arrow's thread pools may release their last references
+    to a Python file or buffer after read_table has returned, and one released during interpreter
+    shutdown takes the GIL on a thread that Python then ends: std::terminate, exit 134 (status and
+    report aborted on exit, more often with torch imported, whose teardown widens the window).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    sink.write(data)
+    return pq.read_table(pa.BufferReader(sink.getvalue()))
+
+
 def _read_manifest(url: str, options: dict[str, Any]) -> tuple[str, list[str]]:
     try:
         data = cio.read_bytes(url, options)
@@ -104,8 +120,7 @@ def _read_manifest(url: str, options: dict[str, Any]) -> tuple[str, list[str]]:
         raise _unreachable(url, exc) from None
     lower = url.lower()
     if lower.endswith(".parquet"):
-        import pyarrow.parquet as pq
-        table = pq.read_table(io.BytesIO(data))
+        table = read_parquet_bytes(data)
         column = "key" if "key" in table.column_names else table.column_names[0]
         entries = [str(v) for v in table.column(column).to_pylist() if v is not None]
     elif lower.endswith(".csv"):

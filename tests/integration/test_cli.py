@@ -91,3 +91,58 @@ def test_demo(tmp_path, ray_local, capsys):
         assert len(df) >= 1 and (df["status"] == "ok").all() and df["psnr"].notna().all()
         assert len(list((out / task / "images").rglob("*.png"))) == len(df)
         assert task in printed
+
+
+def _committed_job(out: Path, shards: int = 20) -> None:
+    """A finished job's output as `status` and `report` read it (_plan.json, one Parquet file per
+    shard, metrics.parquet, _manifest.json), written without Ray: one ok row per shard."""
+    from cluster.outputs import new_row
+    from jobs import results, storage
+    from jobs.plan import PLAN_FILE
+
+    plan = [{"shard_id": i, "keys": [f"{i}.png"]} for i in range(shards)]
+    config = {"task": "sr_bicubic", "mode": "evaluate", "steps": 2, "samples": 1, "seed": 0}
+    for s in plan:
+        row = dict(new_row(s["keys"][0], config, s, "w", "n"), status="ok", psnr=20.0, ssim=0.5,
+                   consistency=1e-6, consistency_clamped=1.0, in_height=16, in_width=16, out_height=16,
+                   out_width=16, model_calls=2, seconds=0.1, output=str(out / "images" / s["keys"][0]))
+        summary = {**s, "attempt": 0, "seconds": 1.0, "busy_seconds": 0.5, "rows": [row]}
+        results.commit_shard(str(out), summary, {})
+    storage.write_json(str(out / PLAN_FILE), {"input": "x", "input_root": "x", "shards": plan}, {})
+    results.finalize(str(out), {}, spec_hash="x", plan_shards=plan, run={})
+
+
+def _exit_codes(out: Path, command: str, runs: int) -> list[int]:
+    """Exit codes of `runs` processes, two at a time, each doing `status`/`report` OUT as the CLI does.
+
+    Each runs `jobs.cli.main([command, OUT])` in a fresh interpreter and exits with its code through
+    the normal interpreter shutdown, as `python -m jobs.cli` does (the abort came at that shutdown)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    code = f"import sys; from jobs.cli import main; sys.exit(main([{command!r}, {str(out)!r}]))"
+
+    def once(_):
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                             timeout=120)
+        return res.returncode
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(once, range(runs)))
+
+
+def test_status_and_report_exit_0_every_run(tmp_path):
+    """pyarrow used to drop its last references to Python objects (the BytesIO it read a shard from)
+    on its own threads after read_table returned; at interpreter shutdown that aborts the process
+    (exit 134, "terminate called without an active exception"), often after torch was imported."""
+    out = tmp_path / "out"
+    _committed_job(out)
+    assert _exit_codes(out, "status", 6) == [0] * 6  # before: 2 to 4 of 6 aborted
+    assert _exit_codes(out, "report", 2) == [0] * 2
+
+
+@pytest.mark.slow
+def test_status_exits_0_fifty_runs_in_a_row(tmp_path):
+    """The same, 50 times (about 3 minutes on two busy cores)."""
+    out = tmp_path / "out"
+    _committed_job(out)
+    assert _exit_codes(out, "status", 50) == [0] * 50
