@@ -20,6 +20,7 @@ from typing import Any
 
 from cluster import io as cio
 from cluster.checkpoints import is_remote, remote_fingerprint
+from cluster.outputs import output_name
 from jobs import storage
 from jobs.spec import JobError, JobSpec
 
@@ -169,6 +170,7 @@ def prepare(spec: JobSpec, *, dry_run: bool = False) -> Prepared:
             raise JobError(f"input {spec.input}: no images found "
                            f"({', '.join(e[1:] for e in storage.IMAGE_EXTENSIONS)})")
         shards = make_shards(keys, spec.shard_size)
+    _check_output_names(shards)
     spec = _check_against_data(spec, root, shards, notes)
     committed = committed_ids(out, opts) if reuse else set()
     retried = 0
@@ -194,6 +196,17 @@ def _failed_keys(out: str, opts: dict[str, Any], committed: set[int]) -> list[st
     table = results.read_committed(out, opts, committed)
     return [k for k, st in zip(table.column("key").to_pylist(), table.column("status").to_pylist(),
                                strict=True) if st != "ok"]
+
+
+def _check_output_names(shards: list[dict]) -> None:
+    """Refuse two keys whose outputs would be one file (``p.jpg`` and ``p.jpg.png``, see
+    `cluster.outputs.output_name`); every other pair of keys has outputs of its own."""
+    seen: dict[str, str] = {}
+    for key in sorted({k for s in shards for k in s["keys"]}):
+        other = seen.setdefault(output_name(key), key)
+        if other != key:
+            raise JobError(f"inputs {other!r} and {key!r} would both be restored to images/"
+                           f"{output_name(key)}; rename one of them")
 
 
 def _excluded(spec: JobSpec) -> tuple[str | None, ...]:
