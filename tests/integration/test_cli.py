@@ -52,9 +52,13 @@ def test_job_file_with_overrides_dry_run(tmp_path, capsys):
         "ddnm-batch: error: steps=-1: Input should be greater than or equal to 1")
 
 
-def test_status_of_nothing_is_an_error(tmp_path, capsys):
-    assert main(["status", str(tmp_path / "none")]) == 1
-    assert "no job here" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["status", "report"])
+@pytest.mark.parametrize("folder", ["none", "empty"])
+def test_status_and_report_of_nothing_are_an_error(tmp_path, capsys, command, folder):
+    (tmp_path / "empty").mkdir()
+    assert main([command, str(tmp_path / folder)]) == 1
+    captured = capsys.readouterr()
+    assert f"{tmp_path / folder}: no job here" in captured.err and captured.out == ""
 
 
 def _bundled_demo_ready() -> bool:
