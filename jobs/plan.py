@@ -141,6 +141,8 @@ def prepare(spec: JobSpec, *, dry_run: bool = False) -> Prepared:
     spec and plan files. Raises JobError naming the problem before any work."""
     opts = spec.storage_options
     out = spec.output
+    if storage.is_file_not_folder(out, opts):
+        raise JobError(f"output {out} is a file, not a folder; give a folder (or prefix) for --output")
     previous = _read_previous_spec(out, opts)
     if previous is not None and not spec.overwrite:
         old = previous.get("result_fields", {})

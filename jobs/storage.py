@@ -59,6 +59,16 @@ def isdir(url: str, options: dict[str, Any]) -> bool:
         raise _unreachable(url, exc) from None
 
 
+def is_file_not_folder(url: str, options: dict[str, Any]) -> bool:
+    """True when `url` is a file (an object), so that nothing can be written under it as a folder."""
+    fs, path = _fs(url, options)
+    try:
+        fs.invalidate_cache()
+        return bool(fs.isfile(path)) and not fs.isdir(path)
+    except Exception as exc:
+        raise _unreachable(url, exc) from None
+
+
 def list_inputs(url: str, options: dict[str, Any], *,
                 exclude: tuple[str | None, ...] = ()) -> tuple[str, list[str]]:
     """-> (root URL the keys are relative to, sorted unique keys). Reads the storage once.

@@ -282,3 +282,12 @@ def test_two_keys_with_one_output_name_refused(tmp_path):
     with pytest.raises(JobError, match=r"inputs 'p.jpg' and 'p.jpg.png' would both be restored to "
                                        r"images/p.jpg.png"):
         plan_mod.prepare(spec_for(root, tmp_path / "out"), dry_run=True)
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_output_that_is_a_file_refused_in_words(inputs, tmp_path, dry_run):
+    out = tmp_path / "out.txt"
+    out.write_text("keep me")
+    with pytest.raises(JobError, match=r"^output .*out.txt is a file, not a folder; give a folder"):
+        plan_mod.prepare(spec_for(inputs, out), dry_run=dry_run)
+    assert out.read_text() == "keep me"
