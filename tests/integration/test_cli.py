@@ -4,6 +4,7 @@ a job file with flag overrides, and `demo` on the bundled assets."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,17 @@ def test_status_exits_0_fifty_runs_in_a_row(tmp_path):
     out = tmp_path / "out"
     _committed_job(out)
     assert _exit_codes(out, "status", 50) == [0] * 50
+
+
+def test_a_normal_run_prints_only_its_own_lines(tmp_path):
+    """No "Token authentication is enabled for this Ray cluster..." line from Ray (or any other)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(src / f"{i}.png")
+    res = cli("run", "--input", str(src), "--output", str(tmp_path / "out"), "--task", "sr_avgpool", "--set",
+              "scale=2", "--model", "tiny", "--checkpoint", "random", "--steps", "2", "--workers", "1",
+              env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
+    assert lines and all(ln.startswith("[ddnm-batch] ") for ln in lines), lines
