@@ -152,11 +152,13 @@ class JobSpec(BaseModel):
     output: str = Field(description="output folder/prefix URL")
     task: str = Field(description="an operator from `ddnm-batch tasks`, or 'pkg.module:OperatorClass'")
     settings: dict[str, Any] = Field(default_factory=dict, description="the task's settings (--set k=v)")
-    mask_url: str | None = Field(None, description="a prefix holding one mask per image under its key")
+    mask_url: str | None = Field(None, description="a prefix holding one mask per image under its key; "
+                                 "None = no mask folder")
     mode: Literal["evaluate", "restore"] = Field("evaluate", description="inputs: truth or observed")
     model: str = Field("small-prior", description="a model from `ddnm-batch models`")
-    checkpoint: str | None = Field(None, description="a checkpoint path/URL, 'random', or None (bundled)")
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    checkpoint: str | None = Field(None, description="a checkpoint path/URL, or 'random' (random weights); "
+                                   "None = the model's bundled weights")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="the model's compute precision")
     steps: int = Field(100, ge=1, le=1000, description="sampling steps")
     eta: float = Field(0.85, ge=0.0, le=1.0, description="DDIM eta")
     sigma_y: float = Field(0.0, ge=0.0, description="observation noise std on the [0, 1] image scale")
@@ -164,10 +166,11 @@ class JobSpec(BaseModel):
     samples: int = Field(1, ge=1, description="samples per image (mean and std are written)")
     shard_size: int = Field(32, ge=1, description="images per shard (the unit of retry and commit)")
     workers: int | None = Field(None, ge=1, description="Ray actors; None = one per GPU (1 on CPU)")
-    gpus_per_worker: float | None = Field(None, ge=0.0, description="None = 1 with GPUs, 0 without")
-    cpus_per_worker: float = Field(1.0, gt=0.0)
+    gpus_per_worker: float | None = Field(None, ge=0.0, description="GPUs per Ray actor (0.5 packs two on a "
+                                          "GPU); None = 1 with GPUs, 0 without")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs reserved per Ray actor")
     batch_size: int | None = Field(None, ge=1, description="images per model call; None = automatic")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="job seed; each image's noise comes from (seed, key)")
     threads: int | None = Field(None, ge=1, description="torch threads per worker; None = worker default")
     panels: bool = Field(False, description="also write side-by-side panels under panels/")
     incremental: bool = Field(False, description="process only input keys not in any committed shard")

@@ -165,3 +165,32 @@ def test_a_normal_run_prints_only_its_own_lines(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip()]
     assert lines and all(ln.startswith("[ddnm-batch] ") for ln in lines), lines
+
+
+def _subparser(name: str):
+    from jobs.cli import build_parser
+
+    return build_parser()._subparsers._group_actions[0].choices[name]
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+def test_help_gives_every_flag_a_line_with_its_default(command):
+    from jobs.spec import JobSpec
+
+    parser = _subparser(command)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and ("(default: " in action.help or "(required, " in action.help), action.dest
+    text = parser.format_help()
+    if command == "run":  # the defaults are JobSpec's, not copies
+        for flag in ("mode", "steps", "eta", "shard-size", "seed", "travel", "model"):
+            default = JobSpec.model_fields[flag.replace("-", "_")].default
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else str(default)
+            help_ = next(a.help for a in parser._actions if f"--{flag}" in a.option_strings)
+            assert help_.endswith(f"(default: {shown})"), (flag, help_)
+        for flag in ("workers", "batch-size"):
+            assert "(default: " in next(a.help for a in parser._actions if f"--{flag}" in a.option_strings)
+        examples = text.rstrip().splitlines()[-3:]
+        assert all(line.strip().startswith("ddnm-batch run ") for line in examples), examples
+    else:
+        assert "Restore the bundled sample photos" in text
