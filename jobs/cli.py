@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +20,41 @@ from typing import Any
 from jobs.spec import JobError, JobSpec, parse_assignments
 
 EXIT_OK, EXIT_ERROR, EXIT_FAILED_IMAGES = 0, 1, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 def _log(msg: str) -> None:
     print(f"[ddnm-batch] {msg}", file=sys.stderr, flush=True)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, Kubernetes, cron) arrived: unwinds like Ctrl-C, through the same cleanup.
+
+    Ray may turn it into a plain KeyboardInterrupt on the way up (a signal seen inside ``ray.wait``
+    comes back as one), so `_sigterm_seen` says which signal it was."""
+
+
+_sigterm_seen = threading.Event()
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    _sigterm_seen.set()
+    raise Terminated()
+
+
+def _catch_sigterm() -> None:
+    """SIGTERM -> `Terminated` in the main thread. Installed again after Ray starts, whose driver
+    replaces the handler with one that dumps a stack trace and exits 134."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _stop_ray() -> None:
+    """After an interruption: disconnect from Ray (stopping a local cluster started here)."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
 
 
 # ---------------------------------------------------------------------------------------- parser
@@ -129,6 +161,7 @@ _RUN_FLAGS = ("input", "output", "task", "set", "mode", "mask_url", "model", "ch
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _catch_sigterm()
     try:
         if args.command == "run":
             spec = JobSpec.build(args.job, **{k: getattr(args, k) for k in _RUN_FLAGS})
@@ -150,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ddnm-batch: error: storage failed ({exc}); committed shards are kept, run again to resume",
               file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("ddnm-batch: interrupted; committed shards are kept, run again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        _stop_ray()
+        term = isinstance(exc, Terminated) or _sigterm_seen.is_set()
+        why = "terminated (SIGTERM)" if term else "interrupted"
+        print(f"ddnm-batch: {why}; committed shards are kept, run again to resume", file=sys.stderr)
+        return EXIT_TERMINATED if term else EXIT_INTERRUPTED
 
 
 def _options_for(url: str, items: list[str] | None) -> dict[str, Any]:
@@ -190,8 +226,10 @@ def _start_ray(spec: JobSpec) -> tuple[int, float, bool]:
                 logical = cuda or (math.ceil(workers * gpw) if gpw > 0 else 0)
                 cpus = max(os.cpu_count() or 1, math.ceil(workers * spec.cpus_per_worker))
                 init_ray(None, num_cpus=cpus, num_gpus=logical)
+                _catch_sigterm()
                 return workers, gpw, True
             init_ray(spec.address)
+            _catch_sigterm()
         except RuntimeError as exc:
             raise JobError(str(exc)) from None
         started = True
@@ -286,6 +324,7 @@ def demo(args: argparse.Namespace) -> int:
     started = not ray.is_initialized()
     if started:
         init_ray(None, num_cpus=os.cpu_count() or 1, num_gpus=_cuda_count())
+        _catch_sigterm()
     workers = args.workers or _cuda_count() or min(2, os.cpu_count() or 1)
     try:
         for task in tasks:
