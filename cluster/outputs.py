@@ -5,23 +5,25 @@ Everything here is CPU work on small tensors, done off the sampling thread.
 
 from __future__ import annotations
 
-import posixpath
-
 import torch
 import torch.nn.functional as F
 
 from cluster.storage import join
 
 
-def stem(key: str) -> str:
-    """The key without its extension: ``"a/b.jpg" -> "a/b"``."""
-    root, _ = posixpath.splitext(key)
-    return root
+def output_name(key: str) -> str:
+    """The PNG name of one key's outputs: the key itself when it ends in ``.png``, else the key with
+    ``.png`` appended (``"a/p.png" -> "a/p.png"``, ``"a/p.jpg" -> "a/p.jpg.png"``).
+
+    It depends on the key alone, so shards planned and run apart, and keys added later by
+    --incremental, never need to know each other; and `a/p.jpg` and `a/p.png` get their own files.
+    The one pair that still meets (``p.jpg`` and ``p.jpg.png``) is refused when planning."""
+    return key if key.endswith(".png") else key + ".png"
 
 
 def output_urls(output_url: str, key: str) -> dict[str, str]:
     """Where one image's outputs go: images/, panels/ and std/ under the output URL, as PNG."""
-    name = stem(key) + ".png"
+    name = output_name(key)
     return {part: join(output_url, part, name) for part in ("images", "panels", "std")}
 
 

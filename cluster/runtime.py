@@ -11,9 +11,27 @@ or ``~/.ray/auth_token``); nothing here creates, reads or prints one.
 
 from __future__ import annotations
 
+import logging
 import os
 
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _DropTokenEnabledNotice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled
+    to opt out..." line, which Ray logs on every ``ray.init`` that applies its default: a normal run
+    shows only the tool's own lines. Ray's authentication is unchanged, and its warning that
+    authentication is *disabled* still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _quiet_token_notice() -> None:
+    logger = logging.getLogger(_TOKEN_NOTICE_LOGGER)
+    if not any(isinstance(f, _DropTokenEnabledNotice) for f in logger.filters):
+        logger.addFilter(_DropTokenEnabledNotice())
 
 
 def local_cluster_env() -> None:
@@ -52,6 +70,7 @@ def init_ray(
 
     if ray.is_initialized():
         return
+    _quiet_token_notice()
     if address is not None:
         try:
             ray.init(address=address, log_to_driver=True, configure_logging=False)

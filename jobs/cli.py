@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import typing
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import EXIT_ERROR, EXIT_FAILED_IMAGES, EXIT_INTERRUPTED, EXIT_OK, JobError
+from jobs.errors import EXIT_ERROR, EXIT_FAILED_IMAGES, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, JobError
 from jobs.spec import JobSpec, parse_assignments
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -26,6 +28,35 @@ def _log(msg: str) -> None:
     print(f"[ddnm-batch] {msg}", file=sys.stderr, flush=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, Kubernetes, cron) arrived: unwinds like Ctrl-C, through the same cleanup.
+
+    Ray may turn it into a plain KeyboardInterrupt on the way up (a signal seen inside ``ray.wait``
+    comes back as one), so `_sigterm_seen` says which signal it was."""
+
+
+_sigterm_seen = threading.Event()
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the cleanup short
+    _sigterm_seen.set()
+    raise Terminated()
+
+
+def _catch_sigterm() -> None:
+    """SIGTERM -> `Terminated` in the main thread. Installed again after Ray starts, whose driver
+    replaces the handler with one that dumps a stack trace and exits 134."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _stop_ray() -> None:
+    """After an interruption: disconnect from Ray (stopping a local cluster started here)."""
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
 # ---------------------------------------------------------------------------------------- parser
 
 def _choices(field: str) -> list[str]:
@@ -33,68 +64,100 @@ def _choices(field: str) -> list[str]:
     return list(typing.get_args(JobSpec.model_fields[field].annotation))
 
 
+RUN_EXAMPLES = """examples:
+  ddnm-batch run --input photos/ --output restored/ --task sr_bicubic --set scale=4
+  ddnm-batch run examples/s3-eval.yaml --steps 50 --dry-run
+  ddnm-batch run --input s3://b/in/ --output s3://b/out/ --task inpaint --set mask=center --incremental"""
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple | list | dict):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def spec_help(field: str, flag_help: str | None = None) -> str:
+    """A run flag's help from its JobSpec field: the description and the field's default, so that the
+    defaults live in jobs/spec.py only. A description '...; None = X' reads '... (default: X)'."""
+    info = JobSpec.model_fields[field]
+    text = flag_help or info.description or field.replace("_", " ")
+    if info.is_required():
+        return f"{text} (required, here or in the job file)"
+    if info.default_factory is not None:
+        return f"{text} (default: {_default_text(info.default_factory()) or 'none'})"
+    if info.default is None:
+        text, _, meaning = text.partition("; None = ")
+        return f"{text} (default: {meaning or 'none'})"
+    return f"{text} (default: {_default_text(info.default)})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ddnm-batch", description="Zero-shot image restoration (DDNM) as a "
                                 "distributed, resumable batch job over object storage.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run (or resume) a job; flags override the job file")
-    r.add_argument("job", nargs="?", help="a YAML job file (optional)")
-    r.add_argument("--input", help="folder/prefix URL (local, s3://, gs://) or a txt/csv/parquet manifest")
-    r.add_argument("--output", help="output folder/prefix URL")
-    r.add_argument("--task", help="task name (see `ddnm-batch tasks`) or pkg.module:OperatorClass")
-    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="a task setting, repeatable")
-    r.add_argument("--mode", choices=_choices("mode"))
-    r.add_argument("--mask-url", help="a prefix holding one mask per image under the same key")
-    r.add_argument("--model", help="model name (see `ddnm-batch models`)")
-    r.add_argument("--checkpoint", help="checkpoint path/URL, or 'random' (random weights)")
-    r.add_argument("--dtype", choices=_choices("dtype"))
-    r.add_argument("--steps", type=int)
-    r.add_argument("--eta", type=float)
-    r.add_argument("--sigma-y", type=float, help="observation noise std on the [0, 1] scale")
-    r.add_argument("--travel", metavar="L,S,R", help="time travel length, interval, repeats")
-    r.add_argument("--samples", type=int, help="samples per image (mean and std are written)")
-    r.add_argument("--shard-size", type=int)
-    r.add_argument("--workers", type=int)
-    r.add_argument("--gpus-per-worker", type=float)
-    r.add_argument("--cpus-per-worker", type=float)
-    r.add_argument("--batch-size", type=int)
-    r.add_argument("--threads", type=int, help="torch threads per worker")
-    r.add_argument("--seed", type=int)
-    r.add_argument("--panels", action="store_const", const=True, help="also write side-by-side panels")
-    r.add_argument("--incremental", action="store_const", const=True,
-                   help="process only input keys not in any committed shard")
-    r.add_argument("--overwrite", action="store_const", const=True, help="replace a previous job's output")
-    r.add_argument("--retry-failed", action="store_const", const=True,
-                   help="run the images that failed in a previous run of this job again")
-    r.add_argument("--address", help="join this Ray cluster (default: a local one on 127.0.0.1)")
-    r.add_argument("--worker-start-timeout", type=float, metavar="SECONDS",
-                   help="wait this long for the first worker (default 1800: GPU nodes scaling up)")
-    r.add_argument("--wait-for-lease", action="store_const", const=True,
-                   help="wait while another run holds the output (default: exit 1 naming it)")
-    r.add_argument("--lease-ttl", type=float, metavar="SECONDS",
-                   help="a holder silent this long is taken to be dead (default 120)")
-    r.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, repeatable")
-    r.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
+    r = sub.add_parser("run", help="run (or resume) a job; flags override the job file", epilog=RUN_EXAMPLES,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("job", nargs="?",
+                   help="a YAML job file; every flag has a field of the same name (optional)")
+    flag = {"input": {}, "output": {},
+            "task": {"help": "a task (see `ddnm-batch tasks`) or pkg.module:Class"},
+            "set": {"action": "append", "metavar": "KEY=VALUE", "field": "settings",
+                    "help": "a task setting, repeatable; unset ones take the task's defaults"},
+            "mode": {"choices": _choices("mode"),
+                     "help": "evaluate: inputs are ground truth, degraded here; restore: inputs are "
+                             "observed"},
+            "mask-url": {}, "model": {"help": "model name (see `ddnm-batch models`)"}, "checkpoint": {},
+            "dtype": {"choices": _choices("dtype")}, "steps": {"type": int}, "eta": {"type": float},
+            "sigma-y": {"type": float}, "travel": {"metavar": "L,S,R"}, "samples": {"type": int},
+            "shard-size": {"type": int}, "workers": {"type": int}, "gpus-per-worker": {"type": float},
+            "cpus-per-worker": {"type": float}, "batch-size": {"type": int}, "threads": {"type": int},
+            "seed": {"type": int}, "panels": {"action": "store_const", "const": True},
+            "incremental": {"action": "store_const", "const": True},
+            "overwrite": {"action": "store_const", "const": True},
+            "retry-failed": {"action": "store_const", "const": True},
+            "address": {"help": "join this Ray cluster (auto, HOST:PORT, ray://...); None = a private local "
+                                "Ray on 127.0.0.1"},
+            "worker-start-timeout": {"type": float, "metavar": "SECONDS"},
+            "wait-for-lease": {"action": "store_const", "const": True},
+            "lease-ttl": {"type": float, "metavar": "SECONDS"},
+            "storage-option": {"action": "append", "metavar": "KEY=VALUE", "field": "storage_options",
+                               "help": "an fsspec storage option (e.g. endpoint_url=...), repeatable"}}
+    for name, kw in flag.items():
+        field = kw.pop("field", name.replace("-", "_"))
+        kw["help"] = spec_help(field, kw.get("help"))
+        r.add_argument(f"--{name}", **kw)
+    r.add_argument("--dry-run", action="store_true", help="print the plan and run nothing (default: off)")
 
-    d = sub.add_parser("demo", help="restore the bundled sample images with the small prior")
-    d.add_argument("--output", default="demo-out")
-    d.add_argument("--tasks", default="sr_bicubic,colorize,inpaint", help="comma-separated")
-    d.add_argument("--model", default="small-prior")
-    d.add_argument("--checkpoint", default=None)
-    d.add_argument("--steps", type=int, default=20)
-    d.add_argument("--workers", type=int, default=None)
-    d.add_argument("--input", default=str(ASSETS / "samples"))
+    d = sub.add_parser("demo", help="restore the bundled sample images with the small prior",
+                       description="Restore the bundled sample photos for a few tasks in evaluate mode "
+                       "on a local Ray and print the metrics table.")
+    d.add_argument("--output", default="demo-out", help="output folder, one subfolder per task "
+                   "(default: %(default)s)")
+    d.add_argument("--tasks", default="sr_bicubic,colorize,inpaint",
+                   help="comma-separated tasks (default: %(default)s)")
+    d.add_argument("--model", default=JobSpec.model_fields["model"].default,
+                   help="model name (default: %(default)s)")
+    d.add_argument("--checkpoint", default=None, help=spec_help("checkpoint"))
+    d.add_argument("--steps", type=int, default=20, help="sampling steps (default: %(default)s)")
+    d.add_argument("--workers", type=int, default=None,
+                   help="Ray actors (default: one per GPU, else up to 2)")
+    d.add_argument("--input", default=str(ASSETS / "samples"),
+                   help="folder of images (default: the bundled samples)")
 
     for name, help_ in (("status", "shards done/pending/failed, images ok/failed"),
                         ("report", "a summary table per task")):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("output")
-        s.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
+        s = sub.add_parser(name, help=help_, description=help_)
+        s.add_argument("output", help="the job's output folder/prefix URL")
+        s.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                       help="an fsspec storage option, repeatable")
         if name == "status":
-            s.add_argument("--json", action="store_true")
+            s.add_argument("--json", action="store_true", help="print the counts as JSON (default: off)")
     for name in ("tasks", "models"):
-        sub.add_parser(name, help=f"list {name}").add_argument("--json", action="store_true")
+        sub.add_parser(name, help=f"list {name}").add_argument(
+            "--json", action="store_true", help="print JSON (default: off)")
     return p
 
 
@@ -110,6 +173,7 @@ def spec_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _catch_sigterm()
     try:
         if args.command == "run":
             spec = JobSpec.build(args.job, **spec_flags(args))
@@ -131,9 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ddnm-batch: error: storage failed ({exc}); committed shards are kept, run again to resume",
               file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("ddnm-batch: interrupted; committed shards are kept, run again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        _stop_ray()
+        term = isinstance(exc, Terminated) or _sigterm_seen.is_set()
+        why = "terminated (SIGTERM)" if term else "interrupted"
+        print(f"ddnm-batch: {why}; committed shards are kept, run again to resume", file=sys.stderr)
+        return EXIT_TERMINATED if term else EXIT_INTERRUPTED
 
 
 def _options_for(url: str, items: list[str] | None) -> dict[str, Any]:
@@ -171,8 +238,10 @@ def _start_ray(spec: JobSpec) -> tuple[int, float, bool]:
                 logical = cuda or (math.ceil(workers * gpw) if gpw > 0 else 0)
                 cpus = max(os.cpu_count() or 1, math.ceil(workers * spec.cpus_per_worker))
                 init_ray(None, num_cpus=cpus, num_gpus=logical)
+                _catch_sigterm()
                 return workers, gpw, True
             init_ray(spec.address)
+            _catch_sigterm()
         except RuntimeError as exc:
             raise JobError(str(exc)) from None
         started = True
@@ -285,6 +354,7 @@ def demo(args: argparse.Namespace) -> int:
     started = not ray.is_initialized()
     if started:
         init_ray(None, num_cpus=os.cpu_count() or 1, num_gpus=_cuda_count())
+        _catch_sigterm()
     workers = args.workers or _cuda_count() or min(2, os.cpu_count() or 1)
     try:
         for task in tasks:

@@ -2,7 +2,7 @@
 
 Exit codes: 0 every image ok; 3 the job finished and some images failed (each one has a row naming the
 file and the reason); 1 the job could not run (bad spec, unreachable storage, refused output), with one
-line on stderr naming the problem.
+line on stderr naming the problem; 130 / 143 interrupted by Ctrl-C / SIGTERM (committed shards kept).
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_FAILED_IMAGES = 3
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class JobError(Exception):

@@ -64,8 +64,8 @@ def _read_manifest(url: str, options: dict[str, Any]) -> tuple[str, list[str]]:
         raise unreachable(exc) from None
     lower = url.lower()
     if lower.endswith(".parquet"):
-        import pyarrow.parquet as pq
-        table = pq.read_table(io.BytesIO(data))
+        from jobs.results import read_parquet_bytes
+        table = read_parquet_bytes(data)
         column = "key" if "key" in table.column_names else table.column_names[0]
         entries = [str(v) for v in table.column(column).to_pylist() if v is not None]
     elif lower.endswith(".csv"):

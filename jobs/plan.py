@@ -11,6 +11,7 @@ from typing import Any
 
 from cluster import storage
 from cluster.config import WorkerConfig
+from cluster.outputs import output_name
 from ddnm.operators import is_mask_file
 from jobs import inputs, layout, provenance, results
 from jobs.checks import check_against_data
@@ -73,6 +74,8 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
     the first write (the lease check: it raises if this run no longer holds the output)."""
     opts = spec.storage_options
     out = spec.output
+    if _read(storage.isfile, out, opts):
+        raise JobError(f"output {out} is a file, not a folder; give a folder (or prefix) for --output")
     previous = _read_previous_spec(out, opts)
     if previous is not None and not spec.overwrite:
         old = previous.get("result_fields", {})
@@ -101,6 +104,7 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
         if not keys:
             raise JobError(f"input {spec.input}: no images found ({inputs.describe_extensions()})")
         shards = make_shards(keys, spec.shard_size)
+    _check_output_names(shards)
     spec = check_against_data(spec, root, [k for s in shards for k in s["keys"]], notes)
     committed = _read(layout.committed_ids, out, opts) if reuse else set()
     retried = 0
@@ -126,6 +130,17 @@ def _failed_keys(out: str, opts: dict[str, Any], committed: set[int]) -> list[st
     table = results.read_committed(out, opts, committed)
     return [k for k, st in zip(table.column("key").to_pylist(), table.column("status").to_pylist(),
                                strict=True) if st != "ok"]
+
+
+def _check_output_names(shards: list[dict]) -> None:
+    """Refuse two keys whose outputs would be one file (``p.jpg`` and ``p.jpg.png``, see
+    `cluster.outputs.output_name`); every other pair of keys has outputs of its own."""
+    seen: dict[str, str] = {}
+    for key in sorted({k for s in shards for k in s["keys"]}):
+        other = seen.setdefault(output_name(key), key)
+        if other != key:
+            raise JobError(f"inputs {other!r} and {key!r} would both be restored to images/"
+                           f"{output_name(key)}; rename one of them")
 
 
 def _excluded(spec: JobSpec) -> tuple[str | None, ...]:

@@ -11,11 +11,17 @@ from jobs import layout, lease, results
 from jobs.errors import EXIT_FAILED_IMAGES, EXIT_OK, JobError
 
 
-def job_status(output: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Counts of a job's output: shards done/failed/pending, images ok/failed/pending."""
+def read_plan(output: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The job's _plan.json; JobError "no job here" when `output` holds no job (status and report)."""
     plan = storage.read_json(storage.join(output, layout.PLAN_FILE), options)
     if plan is None:
         raise JobError(f"{output}: no job here (no {layout.PLAN_FILE})")
+    return plan
+
+
+def job_status(output: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Counts of a job's output: shards done/failed/pending, images ok/failed/pending."""
+    plan = read_plan(output, options)
     shards = {s["shard_id"]: len(s["keys"]) for s in plan["shards"]}
     committed = layout.committed_ids(output, options) & set(shards)
     table = results.read_committed(output, options, committed)
@@ -51,6 +57,7 @@ def status(output: str, options: dict[str, Any], *, as_json: bool = False) -> in
 
 
 def _table(output: str, options: dict[str, Any]):
+    read_plan(output, options)
     url = storage.join(output, layout.METRICS_FILE)
     manifest = storage.read_json(storage.join(output, layout.MANIFEST_FILE), options)
     if manifest is not None:

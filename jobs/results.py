@@ -67,8 +67,21 @@ def commit_shard(output: str, summary: dict[str, Any], options: dict[str, Any]) 
     return table
 
 
+def read_parquet_bytes(data: bytes) -> pa.Table:
+    """A Parquet file's bytes -> a pyarrow Table, read from a copy in Arrow's own memory.
+
+    Not ``pq.read_table(io.BytesIO(data))``: Arrow's thread pools may release their last references
+    to a Python file or buffer after read_table has returned, and one released during interpreter
+    shutdown takes the GIL on a thread that Python then ends: std::terminate, exit 134 (status and
+    report aborted on exit, more often with torch imported, whose teardown widens the window).
+    """
+    sink = pa.BufferOutputStream()
+    sink.write(data)
+    return pq.read_table(pa.BufferReader(sink.getvalue()))
+
+
 def read_table(url: str, options: dict[str, Any]) -> pa.Table:
-    return pq.read_table(io.BytesIO(storage.read_bytes(url, options))).cast(SCHEMA)
+    return read_parquet_bytes(storage.read_bytes(url, options)).cast(SCHEMA)
 
 
 def read_committed(output: str, options: dict[str, Any], shard_ids: set[int] | None = None) -> pa.Table:

@@ -14,6 +14,7 @@ from PIL import Image
 
 from cluster import images, storage
 from cluster.config import WorkerConfig
+from cluster.outputs import output_name
 from cluster.rows import NAMES as ROW_FIELDS
 from cluster.worker import RestoreWorker
 from tests.integration._stubs import StubWorker, stub_worker
@@ -77,8 +78,7 @@ def test_worker_actor_local_folder(ray_local, tmp_path):
     assert summary["shard_id"] == 7 and summary["attempt"] == 1
     for r in summary["rows"]:
         if r["status"] == "ok":
-            stem = r["key"].rsplit(".", 1)[0]
-            assert r["output"] == f"{out}/images/{stem}.png"
+            assert r["output"] == f"{out}/images/{output_name(r['key'])}"
             assert Image.open(r["output"]).size == (16, 16)
     assert len(list((out / "images").rglob("*"))) - 2 == 5  # 5 images in 2 sub-folders
 
@@ -96,10 +96,10 @@ def test_worker_actor_s3(ray_local, s3_server):
     check_summary(summary, keys)
     fs.invalidate_cache()
     written = sorted(fs.find("ddnm-out/job1/images"))
-    assert written == sorted(f"ddnm-out/job1/images/{k.rsplit('.', 1)[0]}.png" for k in keys[:4])
-    panel = Image.open(_io.BytesIO(fs.cat(f"ddnm-out/job1/panels/{keys[0].rsplit('.', 1)[0]}.png")))
+    assert written == sorted(f"ddnm-out/job1/images/{output_name(k)}" for k in keys[:4])
+    panel = Image.open(_io.BytesIO(fs.cat(f"ddnm-out/job1/panels/{output_name(keys[0])}")))
     assert panel.size == (3 * 16 + 2 * 2, 16)  # observation | restored | ground truth
-    assert summary["rows"][0]["output"] == f"s3://ddnm-out/job1/images/{keys[0].rsplit('.', 1)[0]}.png"
+    assert summary["rows"][0]["output"] == f"s3://ddnm-out/job1/images/{output_name(keys[0])}"
 
 
 def test_restore_mode_per_image_masks_and_samples(tmp_path):
@@ -193,3 +193,18 @@ def test_s3_endpoint_from_the_environment(s3_server, tmp_path):
     assert row["status"] == "ok", row["error"]
     fs.invalidate_cache()
     assert fs.exists("ddnm-env/out/images/a.png")
+
+
+def test_keys_differing_only_by_extension_get_outputs_of_their_own(tmp_path):
+    """`a/p.jpg` and `a/p.png` once both went to images/a/p.png: one restored image was lost."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    for key, value, fmt in (("a/p.jpg", 30, "JPEG"), ("a/p.png", 220, "PNG")):
+        (inp / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16, 3), value, np.uint8)).save(inp / key, format=fmt)
+    cfg = config(str(inp), str(out), panels=True)
+    rows = RestoreWorker(cfg).restore_shard({"shard_id": 0, "keys": ["a/p.jpg", "a/p.png"]})["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert [r["output"] for r in rows] == [f"{out}/images/a/p.jpg.png", f"{out}/images/a/p.png"]
+    jpg, png = (np.asarray(Image.open(r["output"]), np.float64).mean() for r in rows)
+    assert abs(jpg - 30) < abs(jpg - 220) and abs(png - 220) < abs(png - 30)  # each holds its own input's
+    assert (out / "panels" / "a" / "p.jpg.png").is_file() and (out / "panels" / "a" / "p.png").is_file()

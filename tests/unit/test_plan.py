@@ -268,3 +268,28 @@ def test_mask_of_wrong_size_refused(inputs, tmp_path):
     png(tmp_path / "m16.png", size=16)
     ok = spec_for(inputs, tmp_path / "out", task="inpaint", set=[f"mask={tmp_path}/m16.png"])
     assert plan_mod.prepare(ok, dry_run=True).config.task_settings["mask"].endswith("m16.png")
+
+
+def test_two_keys_with_one_output_name_refused(tmp_path):
+    """Outputs are named by the key (`p.jpg` -> `p.jpg.png`), so only `p.jpg` beside `p.jpg.png` meet."""
+    from cluster.outputs import output_name
+
+    assert [output_name(k) for k in ("a/p.png", "a/p.jpg", "a/p.PNG")] == ["a/p.png", "a/p.jpg.png",
+                                                                          "a/p.PNG.png"]
+    root = tmp_path / "in"
+    png(root / "p.jpg")
+    png(root / "p.png", seed=1)
+    assert len(plan_mod.prepare(spec_for(root, tmp_path / "out"), dry_run=True).shards) == 1
+    png(root / "p.jpg.png", seed=2)
+    with pytest.raises(JobError, match=r"inputs 'p.jpg' and 'p.jpg.png' would both be restored to "
+                                       r"images/p.jpg.png"):
+        plan_mod.prepare(spec_for(root, tmp_path / "out"), dry_run=True)
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_output_that_is_a_file_refused_in_words(inputs, tmp_path, dry_run):
+    out = tmp_path / "out.txt"
+    out.write_text("keep me")
+    with pytest.raises(JobError, match=r"^output .*out.txt is a file, not a folder; give a folder"):
+        plan_mod.prepare(spec_for(inputs, out), dry_run=dry_run)
+    assert out.read_text() == "keep me"
