@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the images that failed in a previous run of this job again")
     r.add_argument("--address", help="join this Ray cluster (default: a local one on 127.0.0.1)")
     r.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, repeatable")
+    r.add_argument("--lpips-weights", help="LPIPS backbone weights, path or URL: adds the lpips column")
+    r.add_argument("--lpips-net", choices=_choices("lpips_net"), help="the backbone of --lpips-weights")
+    r.add_argument("--inception-weights", help="FID Inception weights, path or URL: FID and KID")
     r.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
 
     d = sub.add_parser("demo", help="restore the bundled sample images with the small prior")
