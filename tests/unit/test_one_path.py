@@ -50,7 +50,8 @@ def test_notebook_and_worker_paths_agree(task, mode, one_thread):
         assert torch.equal(r.observation_view, res.observation_images[i])
         expected = {k: v for k, v in res.metrics[i].items() if k in METRICS}
         assert {k: v for k, v in r.metrics.items() if k in METRICS} == expected
-        assert set(expected) == (set(METRICS) if mode == "evaluate" else {"consistency", "consistency_clamped"})
+        assert set(expected) == (set(METRICS) if mode == "evaluate"
+                                 else {"consistency", "consistency_clamped"})
         assert r.metrics["model_calls"] == res.metrics[i]["model_calls"] == 3
 
 

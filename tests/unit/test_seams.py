@@ -1,5 +1,6 @@
 """The seams between the layers: flags, job-file fields and the spec agree; the worker's metrics are
-columns; the column table is README's table; the import graph has no cycle and flows jobs -> cluster -> ddnm."""
+columns; the column table is README's table; the import graph has no cycle and flows
+jobs -> cluster -> ddnm."""
 
 from __future__ import annotations
 

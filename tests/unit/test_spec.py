@@ -175,7 +175,8 @@ def test_perceptual_weights_need_evaluate_mode_and_join_the_hash_only_when_given
     assert with_lpips.result_fields()["lpips_net"] == "vgg" and with_lpips.spec_hash() != plain.spec_hash()
     assert with_lpips.lpips_weights.endswith("/w/alex.pth")  # local paths absolute, as checkpoints
     cfg = with_lpips.to_worker_config()
-    assert (cfg.lpips_weights, cfg.lpips_net, cfg.inception_weights) == (with_lpips.lpips_weights, "vgg", None)
+    assert (cfg.lpips_weights, cfg.lpips_net, cfg.inception_weights) == (
+        with_lpips.lpips_weights, "vgg", None)
     with pytest.raises(SpecError, match="inception_weights=s3://b/i.pth: needs mode evaluate"):
         build(set=["scale=4"], mode="restore", inception_weights="s3://b/i.pth")
     with pytest.raises(SpecError, match="lpips_net='squeeze'"):
