@@ -56,6 +56,8 @@ class PerceptualScorer:
     def __call__(self, restored: torch.Tensor, truth: torch.Tensor) -> Scores:
         """restored, truth: (B, C, H, W) on [0, 1] (truth as decoded from its file)."""
         x = as_png(restored)
-        return Scores(lpips=None if self.lpips is None else self.lpips(x, truth),
-                      features=None if self.inception is None else self.inception(x),
-                      truth_features=None if self.inception is None else self.inception(truth))
+        return Scores(
+            lpips=None if self.lpips is None else self.lpips(x, truth),
+            features=None if self.inception is None else self.inception(x),
+            truth_features=None if self.inception is None else self.inception(truth),
+        )

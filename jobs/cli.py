@@ -90,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
         if name == "status":
             s.add_argument("--json", action="store_true")
+        else:
+            s.add_argument("--html", action="store_true",
+                           help="also write OUTPUT/report.html (a static page with thumbnails under report/)")
+    c = sub.add_parser("compare", help="runs over the same keys: paired differences, FID/KID side by side")
+    c.add_argument("outputs", nargs="+", metavar="OUTPUT")
+    c.add_argument("--html", metavar="PATH", help="also write a static comparison page at PATH")
+    c.add_argument("--storage-option", action="append", metavar="KEY=VALUE")
     for name in ("tasks", "models"):
         sub.add_parser(name, help=f"list {name}").add_argument("--json", action="store_true")
     return p
@@ -118,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
             opts = _options_for(args.output, args.storage_option)
             if args.command == "status":
                 return insp.status(args.output, opts, as_json=args.json)
+            if args.html:
+                from jobs.html_report import write_report
+                _log(f"wrote {write_report(args.output, opts)}")
             return insp.report(args.output, opts)
+        if args.command == "compare":
+            from jobs.compare import compare
+            return compare(args.outputs, _options_for(args.outputs[0], args.storage_option),
+                           html_path=args.html)
         from jobs import report as insp
         return insp.list_registry(args.command, as_json=args.json)
     except JobError as exc:

@@ -27,9 +27,12 @@ KID_SUBSET_SIZE = 1000
 def to_npz_bytes(features: dict[str, Any]) -> bytes:
     """``{"keys": [n], "restored": (n, D), "truth": (n, D)}`` -> npz bytes (float64, no pickles)."""
     buf = io.BytesIO()
-    np.savez(buf, keys=np.asarray(features["keys"], dtype=str),
-             restored=np.asarray(features["restored"], np.float64),
-             truth=np.asarray(features["truth"], np.float64))
+    np.savez(
+        buf,
+        keys=np.asarray(features["keys"], dtype=str),
+        restored=np.asarray(features["restored"], np.float64),
+        truth=np.asarray(features["truth"], np.float64),
+    )
     return buf.getvalue()
 
 
@@ -47,12 +50,21 @@ def read(output: str, shard_id: int, options: dict[str, Any]) -> dict[str, np.nd
         return {"keys": z["keys"], "restored": z["restored"], "truth": z["truth"]}
 
 
-def collect(output: str, options: dict[str, Any],
-            table: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+def collect(
+    output: str, options: dict[str, Any], table: pa.Table
+) -> tuple[list[str], np.ndarray, np.ndarray] | None:
     """(keys, restored (n, D), truth (n, D)) of the table's ok rows, each key once from the shard its
     row came from, sorted by key; None when no shard has features."""
-    wanted = {k: s for k, s, st in zip(table.column("key").to_pylist(), table.column("shard_id").to_pylist(),
-                                       table.column("status").to_pylist(), strict=True) if st == "ok"}
+    wanted = {
+        k: s
+        for k, s, st in zip(
+            table.column("key").to_pylist(),
+            table.column("shard_id").to_pylist(),
+            table.column("status").to_pylist(),
+            strict=True,
+        )
+        if st == "ok"
+    }
     ids = sorted(set(table.column("shard_id").to_pylist()))
     with ThreadPoolExecutor(max_workers=16) as pool:
         shards = dict(zip(ids, pool.map(lambda i: read(output, i, options), ids), strict=True))
@@ -81,15 +93,23 @@ def set_metrics(output: str, options: dict[str, Any], table: pa.Table) -> dict[s
     if got is None:
         return None
     keys, restored, truth = got
-    out: dict[str, Any] = {"images": len(keys), "fid": None, "kid": None, "kid_std": None,
-                           "kid_subsets": KID_SUBSETS, "kid_subset_size": min(KID_SUBSET_SIZE, len(keys)),
-                           "features": layout.FEATURES_DIR + "/"}
+    out: dict[str, Any] = {
+        "images": len(keys),
+        "fid": None,
+        "kid": None,
+        "kid_std": None,
+        "kid_subsets": KID_SUBSETS,
+        "kid_subset_size": min(KID_SUBSET_SIZE, len(keys)),
+        "features": layout.FEATURES_DIR + "/",
+    }
     if len(keys) < 2:
         out["note"] = f"FID and KID need at least 2 restored images with features, got {len(keys)}"
         return out
     out["fid"] = fid(restored, truth)
     out["kid"], out["kid_std"] = kid(restored, truth, subsets=KID_SUBSETS, subset_size=out["kid_subset_size"])
     if len(keys) < restored.shape[1]:
-        out["note"] = (f"{len(keys)} images < {restored.shape[1]} feature dimensions: the covariances are "
-                       "singular and FID is biased upwards; compare FIDs only at equal set sizes")
+        out["note"] = (
+            f"{len(keys)} images < {restored.shape[1]} feature dimensions: the covariances are "
+            "singular and FID is biased upwards; compare FIDs only at equal set sizes"
+        )
     return out
