@@ -36,7 +36,7 @@ def bootstrap_ci(
 def paired(a: pd.DataFrame, b: pd.DataFrame, *, seed: int = 0) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """(the joined ok rows, one dict per metric: n, mean_a, mean_b, diff, ci_low, ci_high)."""
     ok = lambda df: df[df["status"] == "ok"].set_index("key")  # noqa: E731
-    j = ok(a).join(ok(b), how="inner", lsuffix="_a", rsuffix="_b")
+    j = ok(a).merge(ok(b), how="inner", left_index=True, right_index=True, suffixes=("_a", "_b"))
     rows = []
     for m, (label, dec, higher) in hr.METRICS.items():
         both = j[[f"{m}_a", f"{m}_b"]].dropna()

@@ -168,3 +168,82 @@ def test_missing_weights_file_is_one_line_naming_it(runs, capsys, tmp_path):
     assert code == 1 and len(err.splitlines()) == 1
     assert "inception_weights=" in err and "not found (download once: torch-fidelity" in err
     shutil.rmtree(tmp_path / "o", ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------ pages in a browser
+def _browser():
+    """Debian's chromium driven by Playwright; skipped (saying why) only when either is missing."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium binary: .ci/run installs it with `apt-get install -y chromium`, which "
+                    "needs root and a Debian mirror; without them the page cannot be checked in a browser")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    return sync_api.sync_playwright, path
+
+
+def _open(page_path):
+    """Load a page from disk in headless chromium; -> (requests made, images, [data-metric] cells)."""
+    sync_playwright, exe = _browser()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_path.as_uri(), wait_until="load")
+            images = page.evaluate("Array.from(document.images).map(i => [i.getAttribute('src'), i.complete,"
+                                   " i.naturalWidth])")
+            cells = page.evaluate("Array.from(document.querySelectorAll('[data-metric]')).map(e => [e.dataset"
+                                  ".metric, e.dataset.key || null, e.dataset.value, e.textContent])")
+        finally:
+            browser.close()
+    return requests, images, cells
+
+
+def test_report_html_renders_offline_with_the_tables_numbers(runs, capsys):
+    from jobs.html_report import METRICS, fmt
+
+    a = runs["a"]
+    assert main(["report", str(a), "--html"]) == 0
+    assert "report.html" in capsys.readouterr().err
+    requests, images, cells = _open(a / "report.html")
+    folder = a.as_uri() + "/"
+    assert requests and all(u.startswith(folder) for u in requests), [u for u in requests if not
+                                                                      u.startswith(folder)]
+    assert len(images) >= 4 * 4 and all(ok and w > 0 for _, ok, w in images), images
+    assert {src.split("-")[-1] for src, _, _ in images} == {"observation.png", "restored.png", "truth.png",
+                                                            "uncertainty.png"}
+    df = pd.read_parquet(a / "metrics.parquet").set_index("key")
+    sm = json.loads((a / "_manifest.json").read_text())["set_metrics"]
+    seen = set()
+    for metric, key, value, text in cells:
+        if key:  # a key's own number in the grids
+            assert float(value) == df.loc[key, metric], (metric, key)
+            assert text.endswith(fmt(float(df.loc[key, metric]), METRICS[metric][1]))
+        elif metric.endswith(("_mean", "_median")):
+            m, stat = metric.rsplit("_", 1)
+            assert float(value) == getattr(df[m], stat)(), metric
+            assert text == fmt(float(value), METRICS[m][1])
+        elif metric in ("fid", "kid"):
+            assert float(value) == sm[metric]
+        seen.add(metric)
+    assert {"psnr", "lpips", "psnr_mean", "lpips_median", "fid", "kid"} <= seen
+
+
+def test_compare_two_runs_with_different_steps(runs, capsys):
+    page = runs["tmp"] / "compare.html"
+    assert main(["compare", str(runs["a"]), str(runs["b"]), "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    assert "B vs A: paired over 6 keys" in out and "95% bootstrap CI" in out
+    assert out.count("\npsnr ") == 1 and "\nlpips " in out and "FID" in out
+    a, b = (pd.read_parquet(runs[r] / "metrics.parquet").set_index("key") for r in ("a", "b"))
+    requests, images, cells = _open(page)
+    assert all(u.startswith(runs["tmp"].as_uri() + "/compare") for u in requests)
+    assert len(images) == 6 * 3 and all(ok and w > 0 for _, ok, w in images)
+    cell = {(m, k): float(v) for m, k, v, _ in cells if v}
+    assert cell[("psnr_diff", None)] == pytest.approx((b["psnr"] - a["psnr"]).mean(), rel=1e-12)
+    fid_b = json.loads((runs["b"] / "_manifest.json").read_text())["set_metrics"]["fid"]
+    assert cell[("fid_1", None)] == fid_b
+    for k in a.index:
+        if ("psnr_delta", k) in cell:
+            assert cell[("psnr_delta", k)] == pytest.approx(b.loc[k, "psnr"] - a.loc[k, "psnr"], abs=1e-12)
