@@ -65,10 +65,11 @@ def collect(
         )
         if st == "ok"
     }
-    ids = sorted(set(table.column("shard_id").to_pylist()))
+    present = set(storage.list_names(storage.join(output, layout.FEATURES_DIR), options))  # one listing
+    ids = sorted(i for i in set(wanted.values()) if layout.features_name(i) in present)
     with ThreadPoolExecutor(max_workers=16) as pool:
         shards = dict(zip(ids, pool.map(lambda i: read(output, i, options), ids), strict=True))
-    if all(f is None for f in shards.values()):
+    if not shards or all(f is None for f in shards.values()):
         return None
     keys, restored, truth = [], [], []
     for sid, f in shards.items():

@@ -38,8 +38,12 @@ def shard_url(output: str, shard_id: int) -> str:
     return storage.join(output, SHARDS_DIR, shard_name(shard_id))
 
 
+def features_name(shard_id: int) -> str:
+    return f"shard-{shard_id:06d}.npz"
+
+
 def features_url(output: str, shard_id: int) -> str:
-    return storage.join(output, FEATURES_DIR, f"shard-{shard_id:06d}.npz")
+    return storage.join(output, FEATURES_DIR, features_name(shard_id))
 
 
 def committed_ids(output: str, options: dict[str, Any]) -> set[int]:
