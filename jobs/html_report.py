@@ -284,6 +284,7 @@ def summary_tables(summary: list[dict[str, Any]], set_metrics: dict | None) -> s
         )
     out.append("</table>")
     sm = set_metrics or {}
+    kid_std = "–" if sm.get("kid_std") is None else "± " + fmt(sm["kid_std"], ".5f")
     for s in summary:
         title = f"<h3>{html.escape(str(s['task']))}</h3>" if len(summary) > 1 else ""
         out.append(
@@ -302,7 +303,7 @@ def summary_tables(summary: list[dict[str, Any]], set_metrics: dict | None) -> s
         )
         out.append(
             f"<tr><td class=l>KID (mean ± std over subsets)</td>{num(sm.get('kid'), '.5f', metric='kid')}"
-            f"<td>± {fmt(sm.get('kid_std'), '.5f')}</td><td>{sm.get('images', '–')}</td>"
+            f"<td>{kid_std}</td><td>{sm.get('images', '–')}</td>"
             "<td class=l>lower</td></tr></table>"
         )
     return "".join(out)
