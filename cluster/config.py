@@ -47,12 +47,20 @@ class WorkerConfig:
     """Also write side-by-side panels (observation | restored | ground truth)."""
     threads: int | None = None
     """torch threads in the worker; None: torch's default."""
+    lpips_weights: str | None = None
+    """LPIPS backbone weights (local path or URL, fetched once per node); None: no ``lpips`` column."""
+    lpips_net: str = "alex"
+    """The LPIPS backbone the weights are for: ``alex`` or ``vgg``."""
+    inception_weights: str | None = None
+    """FID Inception weights (local path or URL); None: no features, no FID / KID."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options for every URL above."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.lpips_net not in ("alex", "vgg"):
+            raise ValueError(f"lpips_net must be alex or vgg, got {self.lpips_net!r}")
         object.__setattr__(self, "travel", tuple(int(v) for v in self.travel))
 
     @property

@@ -17,6 +17,7 @@ import ddnm.models
 from cluster.checkpoints import local_checkpoint
 from cluster.config import WorkerConfig
 from cluster.images import BadInput
+from cluster.scoring import PerceptualScorer
 from ddnm.restoration import restore_batch
 
 CPU_BATCH_SIZE = 4
@@ -31,7 +32,9 @@ class BatchResult:
     restored: torch.Tensor  # (C, H, W) in [0, 1], mean of the K samples, clamped
     std: torch.Tensor | None  # (C, H, W) std of the K samples on [0, 1], None when K = 1
     observation_view: torch.Tensor  # (C', h, w) in [0, 1], y as an image (for panels)
-    metrics: dict  # row fields: the metrics of ddnm.restoration.METRICS that apply, model_calls
+    metrics: dict  # row fields: the metrics of ddnm.restoration.METRICS that apply, lpips, model_calls
+    features: torch.Tensor | None = None  # (2048,) float64 Inception features of the restored PNG
+    truth_features: torch.Tensor | None = None  # (2048,) of the ground truth (evaluate mode)
 
 
 class BatchRestorer:
@@ -53,6 +56,7 @@ class BatchRestorer:
         self._ops: dict[tuple, object] = {}
         self._size_checks: dict[tuple, str | None] = {}
         self._probed: dict[tuple, str | None] = {}
+        self.scorer = PerceptualScorer(config, device) if PerceptualScorer.wanted(config) else None
 
     # --------------------------------------------------------------------------------- shapes, batch
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
@@ -133,8 +137,16 @@ class BatchRestorer:
         restored, view = out.images.cpu(), out.observation_images.cpu()
         std = None if out.std is None else out.std.cpu()
         scores = {k: v.cpu() for k, v in out.metrics.items()}
+        feats = truth_feats = None
+        if self.scorer is not None:  # evaluate mode only (the spec says so): `images` is the truth
+            extra = self.scorer(out.images, images.to(self.device, torch.float32))
+            if extra.lpips is not None:
+                scores["lpips"] = extra.lpips
+            feats, truth_feats = extra.features, extra.truth_features
         return [BatchResult(restored=restored[i], std=None if std is None else std[i],
                             observation_view=view[i],
                             metrics={**{k: float(v[i]) for k, v in scores.items()},
-                                     "model_calls": int(out.model_calls)})
+                                     "model_calls": int(out.model_calls)},
+                            features=None if feats is None else feats[i],
+                            truth_features=None if truth_feats is None else truth_feats[i])
                 for i in range(images.shape[0])]

@@ -33,6 +33,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("mode", "string", "`evaluate` / `restore`"),
     Column("psnr", "float64", "dB vs the input image (evaluate mode only), on [0, 1] images", result=True),
     Column("ssim", "float64", "vs the input image (evaluate mode only)", result=True),
+    Column("lpips", "float64", "LPIPS vs the input image (evaluate mode, with `lpips_weights`), of the PNG "
+           "as written", result=True),
     Column("consistency", "float64", "`||A x0 - y||_2` per image on the [-1, 1] scale, x0 before clamping",
            result=True),
     Column("consistency_clamped", "float64", "the same after clamping x0 to [-1, 1]", result=True),

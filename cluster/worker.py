@@ -31,6 +31,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from cluster import storage
@@ -111,6 +112,7 @@ class RestoreWorker:
                                   name=f"ddnm-reader-{shard['shard_id']}")
         reader.start()
         writes: list[tuple[int, Future]] = []
+        feats: dict[int, tuple] = {}  # row index -> (restored, truth) Inception features
         busy = 0.0
         while (batch := batches.get()) is not _DONE:
             with self._lock:
@@ -119,6 +121,8 @@ class RestoreWorker:
                 busy += time.perf_counter() - t1
             self._finish(sid, len(batch) - len(results))  # failed in sampling
             for item, res in results:
+                if res.features is not None:
+                    feats[item.index] = (res.features, res.truth_features)
                 rows[item.index]["seconds"] += item.seconds
                 fut = self._pool.submit(self._write, item, res, rows[item.index])
                 fut.add_done_callback(lambda _f: self._finish(sid))
@@ -135,8 +139,11 @@ class RestoreWorker:
                 fail(r, "not restored (internal error)")
             r.update(busy_seconds=busy, shard_seconds=seconds)
         self._finished.pop(sid, None)
-        return {"shard_id": shard["shard_id"], "attempt": shard.get("attempt", 0), "worker": self.worker,
-                "node": self.node, "seconds": seconds, "busy_seconds": busy, "rows": rows}
+        summary = {"shard_id": shard["shard_id"], "attempt": shard.get("attempt", 0), "worker": self.worker,
+                   "node": self.node, "seconds": seconds, "busy_seconds": busy, "rows": rows}
+        if self.config.inception_weights:
+            summary["features"] = shard_features(rows, feats)
+        return summary
 
     # ----------------------------------------------------------------------------------------- reader
     def _read_all(self, keys: list[str], rows: list[Row], out: queue.Queue, sid: int) -> None:
@@ -291,6 +298,18 @@ class RestoreWorker:
             storage.write_bytes(urls["std"], encode_png(std_map(res.std)), so)
         row.update(status="ok", error=None, output=urls["images"], out_height=h, out_width=w)
         row["seconds"] += time.perf_counter() - t0
+
+
+def shard_features(rows: list[Row], feats: dict[int, tuple]) -> dict:
+    """The Inception features of the shard's ok rows: ``{"keys": [n], "restored": (n, D) float64,
+    "truth": (n, D) float64}`` (n may be 0), in row order."""
+    ok = [i for i, r in enumerate(rows) if r["status"] == "ok" and i in feats]
+    dim = next(iter(feats.values()))[0].shape[0] if feats else 2048
+
+    def stack(j: int) -> np.ndarray:
+        return torch.stack([feats[i][j] for i in ok]).double().numpy() if ok else np.zeros((0, dim))
+
+    return {"keys": [rows[i]["key"] for i in ok], "restored": stack(0), "truth": stack(1)}
 
 
 def shard_rows(config: WorkerConfig, shard: dict, *, worker: str, node: str) -> list[Row]:

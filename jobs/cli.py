@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
             "worker-start-timeout": {"type": float, "metavar": "SECONDS"},
             "wait-for-lease": {"action": "store_const", "const": True},
             "lease-ttl": {"type": float, "metavar": "SECONDS"},
+            "lpips-weights": {"metavar": "PATH|URL"}, "lpips-net": {"choices": _choices("lpips_net")},
+            "inception-weights": {"metavar": "PATH|URL"},
             "storage-option": {"action": "append", "metavar": "KEY=VALUE", "field": "storage_options",
                                "help": "an fsspec storage option (e.g. endpoint_url=...), repeatable"}}
     for name, kw in flag.items():
@@ -155,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="an fsspec storage option, repeatable")
         if name == "status":
             s.add_argument("--json", action="store_true", help="print the counts as JSON (default: off)")
+        else:
+            s.add_argument("--html", action="store_true",
+                           help="also write OUTPUT/report.html (a static page with thumbnails under report/)")
+    c = sub.add_parser("compare", help="runs over the same keys: paired differences, FID/KID side by side",
+                       description="Runs over the same keys, joined per key: paired differences of every "
+                       "metric with 95% bootstrap intervals, FID/KID side by side.")
+    c.add_argument("outputs", nargs="+", metavar="OUTPUT", help="two or more job outputs")
+    c.add_argument("--html", metavar="PATH", help="also write a static comparison page at PATH")
+    c.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
+                   help="an fsspec storage option, repeatable")
     for name in ("tasks", "models"):
         sub.add_parser(name, help=f"list {name}").add_argument(
             "--json", action="store_true", help="print JSON (default: off)")
@@ -185,7 +197,14 @@ def main(argv: list[str] | None = None) -> int:
             opts = _options_for(args.output, args.storage_option)
             if args.command == "status":
                 return insp.status(args.output, opts, as_json=args.json)
+            if args.html:
+                from jobs.html_report import write_report
+                _log(f"wrote {write_report(args.output, opts)}")
             return insp.report(args.output, opts)
+        if args.command == "compare":
+            from jobs.compare import compare
+            return compare(args.outputs, _options_for(args.outputs[0], args.storage_option),
+                           html_path=args.html)
         from jobs import report as insp
         return insp.list_registry(args.command, as_json=args.json)
     except JobError as exc:

@@ -3,8 +3,10 @@
   _spec.json     the resolved spec, its hash, code version, checkpoint hash (written before work)
   _plan.json     the shards {shard_id, keys} (a resumed job reuses it instead of listing again)
   shards/shard-<id:06d>.parquet   one per committed shard, written in one write
+  features/shard-<id:06d>.npz     its Inception features (with inception_weights), written just before it
   metrics.parquet, _manifest.json the final table, and the manifest written last
   images/, panels/, std/          the worker's outputs (cluster/outputs.py)
+  report.html, report/            `ddnm-batch report --html`: the page and its thumbnails
 A shard is committed when its Parquet file exists.
 """
 
@@ -20,7 +22,11 @@ SPEC_FILE = "_spec.json"
 MANIFEST_FILE = "_manifest.json"
 METRICS_FILE = "metrics.parquet"
 SHARDS_DIR = "shards"
-OUTPUT_DIRS = ("images", "panels", "std", SHARDS_DIR)
+FEATURES_DIR = "features"
+REPORT_FILE = "report.html"
+REPORT_DIR = "report"
+OUTPUT_DIRS = ("images", "panels", "std", SHARDS_DIR, FEATURES_DIR, REPORT_DIR, REPORT_FILE)
+"""What --overwrite removes besides the job files (folders, and the report page)."""
 _SHARD_RE = re.compile(r"^shard-(\d{6,})\.parquet$")
 
 
@@ -30,6 +36,14 @@ def shard_name(shard_id: int) -> str:
 
 def shard_url(output: str, shard_id: int) -> str:
     return storage.join(output, SHARDS_DIR, shard_name(shard_id))
+
+
+def features_name(shard_id: int) -> str:
+    return f"shard-{shard_id:06d}.npz"
+
+
+def features_url(output: str, shard_id: int) -> str:
+    return storage.join(output, FEATURES_DIR, features_name(shard_id))
 
 
 def committed_ids(output: str, options: dict[str, Any]) -> set[int]:

@@ -167,6 +167,7 @@ def _read(fn, *args):
 def _write_start(prepared: Prepared, *, overwrite: bool) -> None:
     """--overwrite clears the old outputs; then _spec.json and _plan.json; a stale manifest goes."""
     spec, opts, out = prepared.spec, prepared.spec.storage_options, prepared.spec.output
+    weights = provenance.weights_hashes(spec)  # before anything is removed: a missing file stops here
     if overwrite:
         for name in (layout.MANIFEST_FILE, layout.METRICS_FILE, layout.PLAN_FILE, layout.SPEC_FILE,
                      *layout.OUTPUT_DIRS):
@@ -178,6 +179,7 @@ def _write_start(prepared: Prepared, *, overwrite: bool) -> None:
     storage.write_json(storage.join(out, layout.SPEC_FILE), {
         "spec": spec.public_dict(), "result_fields": spec.result_fields(), "spec_hash": spec.spec_hash(),
         "code_version": provenance.code_version(), "checkpoint_hash": provenance.checkpoint_hash(spec),
+        "weights_hashes": weights,
         "input_root": prepared.input_root, "created": created or now, "updated": now,
     }, opts)
     storage.write_json(storage.join(out, layout.PLAN_FILE), {

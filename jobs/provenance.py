@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from cluster.checkpoints import is_remote, remote_fingerprint
+from cluster.checkpoints import is_remote, local_checkpoint, remote_fingerprint
+from jobs.errors import JobError
 from jobs.spec import JobSpec
 
 
@@ -57,3 +58,27 @@ def checkpoint_hash(spec: JobSpec) -> str:
         return f"unknown (not readable on the driver): {ckpt}"
     from ddnm.models import checkpoint_hash as sha
     return "sha256:" + sha(path)
+
+
+def weights_hashes(spec: JobSpec) -> dict[str, str]:
+    """{"lpips_weights": "sha256:...", "inception_weights": ...} of the perceptual weight files given.
+
+    A URL is fetched into this node's cache (``cluster.checkpoints.local_checkpoint``: the workers on
+    this node reuse the copy) and hashed. A missing file is a JobError naming it and where it comes from.
+    """
+    from ddnm.models import checkpoint_hash as sha
+    from ddnm.perceptual import SOURCES
+
+    out = {}
+    for name, url, source in (("lpips_weights", spec.lpips_weights, SOURCES[spec.lpips_net]),
+                              ("inception_weights", spec.inception_weights, SOURCES["inception"])):
+        if not url:
+            continue
+        try:
+            path = local_checkpoint(url, spec.storage_options)
+        except FileNotFoundError:
+            path = None
+        if path is None or not Path(path).is_file():
+            raise JobError(f"{name}={url}: not found (download once: {source})")
+        out[name] = "sha256:" + sha(path)
+    return out

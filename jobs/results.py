@@ -4,7 +4,7 @@ One row per input image. A shard's rows are written as OUTPUT/shards/shard-<id:0
 write (Parquet encoded to bytes here, then one PUT through fsspec: pyarrow's own S3 filesystem
 ignores AWS_ENDPOINT_URL). The final OUTPUT/metrics.parquet is the concatenation of the committed
 shards, each key once (the latest shard wins: a --retry-failed shard replaces the failed rows), and
-OUTPUT/_manifest.json is written last.
+OUTPUT/_manifest.json is written last, with FID / KID over the committed features (jobs/features.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from cluster import storage
 from cluster.rows import COLUMNS, NAMES
-from jobs import layout, provenance
+from jobs import features, layout, provenance
 from jobs.layout import shard_url
 
 _TYPES = {"string": pa.string(), "float64": pa.float64(), "int64": pa.int64()}
@@ -61,8 +61,13 @@ def to_parquet_bytes(table: pa.Table) -> bytes:
 
 
 def commit_shard(output: str, summary: dict[str, Any], options: dict[str, Any]) -> pa.Table:
-    """Write the shard's rows in one write under its deterministic name; a retry overwrites."""
+    """Write the shard's rows in one write under its deterministic name; a retry overwrites.
+
+    Its Inception features (when the summary has them) are written first, so that a committed shard
+    always has its features."""
     table = summary_table(summary)
+    if summary.get("features") is not None:
+        features.commit(output, int(summary["shard_id"]), summary["features"], options)
     storage.write_bytes(shard_url(output, int(summary["shard_id"])), to_parquet_bytes(table), options)
     return table
 
@@ -130,6 +135,7 @@ def finalize(output: str, options: dict[str, Any], *, spec_hash: str, plan_shard
         "files": {"metrics": layout.METRICS_FILE,
                   "shards": [f"{layout.SHARDS_DIR}/{layout.shard_name(i)}" for i in sorted(committed)]},
         "run": run,
+        "set_metrics": features.set_metrics(output, options, table),
         "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds"),
     }
     storage.write_json(storage.join(output, layout.MANIFEST_FILE), manifest, options)

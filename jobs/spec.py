@@ -28,6 +28,9 @@ RESULT_FIELDS = (
     "input", "task", "settings", "mask_url", "mode", "model", "checkpoint", "dtype", "steps",
     "eta", "sigma_y", "travel", "samples", "seed", "panels",
 )
+# The perceptual metrics' weights change the metrics too; they join the hash only when a weights file is
+# given, so the hash of a job without them (and a resume of an output written before they existed) stays.
+PERCEPTUAL_FIELDS = ("lpips_weights", "lpips_net", "inception_weights")
 _SECRET_WORDS = ("secret", "token", "password", "credential", "key")
 
 
@@ -158,6 +161,11 @@ class JobSpec(BaseModel):
                                  "exiting")
     lease_ttl: float = Field(120.0, gt=0, description="seconds without a heartbeat after which a run's "
                              "lease on the output is taken over (the run died)")
+    lpips_weights: str | None = Field(None, description="LPIPS backbone weights, path or URL (evaluate "
+                                      "mode): adds the lpips column")
+    lpips_net: Literal["alex", "vgg"] = Field("alex", description="the LPIPS backbone of lpips_weights")
+    inception_weights: str | None = Field(None, description="FID Inception weights, path or URL (evaluate "
+                                          "mode): FID and KID of the restored set vs the ground truth")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")
 
     @field_validator("travel", mode="before")
@@ -172,7 +180,7 @@ class JobSpec(BaseModel):
             raise ValueError("must not be empty")
         return _absolute(value.strip())
 
-    @field_validator("mask_url", "checkpoint")
+    @field_validator("mask_url", "checkpoint", "lpips_weights", "inception_weights")
     @classmethod
     def _optional_url(cls, value: str | None) -> str | None:
         return None if value is None else _absolute(value)
@@ -208,6 +216,14 @@ class JobSpec(BaseModel):
         except ValueError as exc:
             travel = ",".join(map(str, self.travel))
             raise SpecError(f"travel={travel} with steps={self.steps}: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _perceptual_needs_truth(self) -> JobSpec:
+        for name in ("lpips_weights", "inception_weights"):
+            if getattr(self, name) and self.mode != "evaluate":
+                raise SpecError(f"{name}={getattr(self, name)}: needs mode evaluate (the metric compares "
+                                f"with the ground truth), got mode {self.mode}")
         return self
 
     @model_validator(mode="after")
@@ -262,7 +278,10 @@ class JobSpec(BaseModel):
     def result_fields(self) -> dict[str, Any]:
         """The fields that change results, JSON-able (what the hash and the refusal compare)."""
         dumped = self.model_dump(mode="json")
-        return {name: dumped[name] for name in RESULT_FIELDS}
+        fields = {name: dumped[name] for name in RESULT_FIELDS}
+        if self.lpips_weights or self.inception_weights:
+            fields.update({name: dumped[name] for name in PERCEPTUAL_FIELDS})
+        return fields
 
     def spec_hash(self) -> str:
         text = json.dumps(self.result_fields(), sort_keys=True, separators=(",", ":"))
@@ -296,6 +315,8 @@ class JobSpec(BaseModel):
             steps=self.steps, eta=self.eta, sigma_y=self.sigma_y,
             travel=self.travel, samples=self.samples, batch_size=self.batch_size,
             seed=self.seed, panels=self.panels, threads=self.threads,
+            lpips_weights=self.lpips_weights, lpips_net=self.lpips_net,
+            inception_weights=self.inception_weights,
         )
 
 
@@ -320,7 +341,8 @@ def _with_endpoint(data: dict[str, Any]) -> dict[str, Any]:
     """Honour AWS_ENDPOINT_URL for s3:// URLs as any s3fs program, passing it explicitly so that
     workers on other machines (without the variable) and pyarrow-free writers reach the same S3."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    urls = [data.get("input"), data.get("output"), data.get("mask_url"), data.get("checkpoint")]
+    urls = [data.get(k) for k in ("input", "output", "mask_url", "checkpoint", "lpips_weights",
+                                  "inception_weights")]
     mask = (data.get("settings") or {}).get("mask")
     urls.append(mask if isinstance(mask, str) else None)
     if not endpoint or not any(_is_s3(u) for u in urls):

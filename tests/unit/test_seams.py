@@ -39,7 +39,8 @@ def test_cli_flags_job_file_fields_and_spec_agree(tmp_path):
               "cpus_per_worker": 1.0, "batch_size": 2, "seed": 1, "threads": 1, "panels": False,
               "incremental": False, "overwrite": False, "retry_failed": False, "address": None,
               "storage_options": {}, "worker_start_timeout": 60.0, "wait_for_lease": True,
-              "lease_ttl": 30.0}
+              "lease_ttl": 30.0, "lpips_weights": None, "lpips_net": "vgg",
+              "inception_weights": None}
     assert set(values) == fields, "update this test's job file when a field is added"
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({k.replace("_", "-"): v for k, v in values.items()}))
@@ -58,10 +59,10 @@ def test_worker_metrics_are_columns_and_failed_rows_clear_them():
                status="ok", out_height=4, out_width=4)
     fail(row, "boom")
     assert all(row[c.name] is None for c in COLUMNS if c.result) and row["error"] == "a.png: boom"
-    with pytest.raises(KeyError, match="lpips"):
-        row["lpips"] = 0.1
-    with pytest.raises(ValueError, match="not columns: \\['lpips'\\]"):
-        summary_table({"rows": [{**dict(Row(key="a", status="ok")), "lpips": 0.1}]})
+    with pytest.raises(KeyError, match="fid"):
+        row["fid"] = 0.1
+    with pytest.raises(ValueError, match="not columns: \\['fid'\\]"):
+        summary_table({"rows": [{**dict(Row(key="a", status="ok")), "fid": 0.1}]})
 
 
 def test_readme_table_lists_the_columns_in_order():

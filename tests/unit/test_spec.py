@@ -23,7 +23,7 @@ def test_defaults_and_worker_config_contract():
     assert {f.name for f in dataclasses.fields(cfg)} == {
         "input_url", "output_url", "storage_options", "mode", "task", "task_settings", "mask_url", "model",
         "checkpoint", "dtype", "steps", "eta", "sigma_y", "travel", "samples", "batch_size", "seed", "panels",
-        "threads"}
+        "threads", "lpips_weights", "lpips_net", "inception_weights"}
     assert cfg.task_settings == {"scale": 4} and isinstance(cfg.task_settings["scale"], int)
     assert cfg.travel == (1, 1, 1) and cfg.mode == "evaluate"
     assert spec.to_worker_config(input_url="s3://b/root").input_url == "s3://b/root"
@@ -166,3 +166,18 @@ def test_local_paths_made_absolute(tmp_path, monkeypatch):
     assert spec.settings["mask"] == str(tmp_path / "masks" / "m.png") and spec.checkpoint == "random"
     assert build(task="inpaint", set=["mask=center"]).settings["mask"] == "center"
     assert build(input="s3://b/x").input == "s3://b/x"
+
+
+def test_perceptual_weights_need_evaluate_mode_and_join_the_hash_only_when_given():
+    plain = build(set=["scale=4"])
+    assert "lpips_weights" not in plain.result_fields()  # old outputs keep their hash
+    with_lpips = build(set=["scale=4"], lpips_weights="w/alex.pth", lpips_net="vgg")
+    assert with_lpips.result_fields()["lpips_net"] == "vgg" and with_lpips.spec_hash() != plain.spec_hash()
+    assert with_lpips.lpips_weights.endswith("/w/alex.pth")  # local paths absolute, as checkpoints
+    cfg = with_lpips.to_worker_config()
+    assert (cfg.lpips_weights, cfg.lpips_net, cfg.inception_weights) == (
+        with_lpips.lpips_weights, "vgg", None)
+    with pytest.raises(SpecError, match="inception_weights=s3://b/i.pth: needs mode evaluate"):
+        build(set=["scale=4"], mode="restore", inception_weights="s3://b/i.pth")
+    with pytest.raises(SpecError, match="lpips_net='squeeze'"):
+        build(set=["scale=4"], lpips_net="squeeze")
