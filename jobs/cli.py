@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--lease-ttl", type=float, metavar="SECONDS",
                    help="a holder silent this long is taken to be dead (default 120)")
     r.add_argument("--storage-option", action="append", metavar="KEY=VALUE", help="fsspec option, repeatable")
+    r.add_argument("--canvas", choices=_choices("canvas"),
+                   help="whole | tiled | maskshift; auto (default): whole at the model's native size, "
+                   "else tiled")
+    r.add_argument("--tile", type=int, help="tile / window side in px (default: the model's native size)")
+    r.add_argument("--tile-overlap", type=int, help="px shared by neighbouring tiles (default tile/4)")
     r.add_argument("--dry-run", action="store_true", help="print the plan and run nothing")
 
     d = sub.add_parser("demo", help="restore the bundled sample images with the small prior")
@@ -217,7 +222,10 @@ def _run_held(spec: JobSpec, lease) -> int:
         workers = min(workers, len(prepared.pending))
         _log(f"{spec.task} on {prepared.pending_images} images in {len(prepared.pending)} shards "
              f"({len(prepared.committed)} shards already committed), {workers} workers x {gpw:g} GPU")
-        progress = Progress(prepared.total_images, done=prepared.total_images - prepared.pending_images)
+        progress = Progress(prepared.total_images, done=prepared.total_images - prepared.pending_images,
+                            cost_total=prepared.total_cost,
+                            cost_done=prepared.total_cost - prepared.pending_cost)
+        costs = {s["shard_id"]: plan_mod.shard_cost(s) for s in prepared.pending}
 
         def on_result(summary: dict[str, Any]) -> None:
             lease.check()
@@ -225,7 +233,7 @@ def _run_held(spec: JobSpec, lease) -> int:
             c = results.counts(table)
             ran["ok"] += c["ok"]
             ran["failed"] += c["failed"]
-            progress.update(c["ok"], c["failed"])
+            progress.update(c["ok"], c["failed"], costs.get(summary["shard_id"], 0))
 
         from cluster.dispatcher import Dispatcher, WorkerStartError
         try:

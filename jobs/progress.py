@@ -15,9 +15,11 @@ class Progress:
     """
 
     def __init__(self, total: int, *, done: int = 0, stream: TextIO | None = None, interval: float = 10.0,
-                 tty: bool | None = None) -> None:
+                 tty: bool | None = None, cost_total: int | None = None, cost_done: int = 0) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.total, self.start_done, self.done, self.failed = total, done, done, 0
+        # with a cost (pixels x model calls per shard, jobs/sizes.py) the ETA counts cost, not images
+        self.cost_total, self.cost_start, self.cost_done = cost_total, cost_done, cost_done
         self.interval = interval
         self.t0 = self._last = time.monotonic()
         self._printed: tuple[int, int] | None = None
@@ -34,22 +36,35 @@ class Progress:
         elapsed = time.monotonic() - self.t0
         return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
 
+    def seconds_left(self) -> float | None:
+        """The ETA in seconds: cost left / cost rate when costs are known, else images left / img/s."""
+        elapsed = time.monotonic() - self.t0
+        if self.cost_total:
+            done = self.cost_done - self.cost_start
+            left = self.cost_total - self.cost_done
+        else:
+            done, left = self.done - self.start_done, self.total - self.done
+        return left * elapsed / done if done > 0 and left > 0 else None
+
     def line(self) -> str:
         rate = self.rate()
-        left = self.total - self.done
-        eta = f"{int(left / rate // 60)}m{int(left / rate % 60):02d}s" if rate > 0 and left else "-"
+        s = self.seconds_left()
+        eta = f"{int(s // 60)}m{int(s % 60):02d}s" if s is not None else "-"
         return (f"[ddnm-batch] {self.done}/{self.total} images ({self.failed} failed) "
                 f"{rate:.2f} img/s, ETA {eta}")
 
-    def update(self, ok: int, failed: int) -> None:
+    def update(self, ok: int, failed: int, cost: int = 0) -> None:
         self.done += ok + failed
         self.failed += failed
+        self.cost_done += cost
         if self.bar is not None:
             if self._waiting:
                 self.bar.set_description_str("restoring")
                 self._waiting = False
             self.bar.update(ok + failed)
-            self.bar.set_postfix(failed=self.failed)
+            s = self.seconds_left()
+            self.bar.set_postfix(failed=self.failed, **({"eta_by_cost": f"{int(s // 60)}m{int(s % 60):02d}s"}
+                                                        if self.cost_total and s is not None else {}))
         elif time.monotonic() - self._last >= self.interval:
             self._last = time.monotonic()
             self._print()

@@ -26,8 +26,10 @@ __all__ = ["JobError", "JobSpec", "SpecError", "parse_assignments", "parse_trave
 # different value on an existing output is refused unless --overwrite.
 RESULT_FIELDS = (
     "input", "task", "settings", "mask_url", "mode", "model", "checkpoint", "dtype", "steps",
-    "eta", "sigma_y", "travel", "samples", "seed", "panels",
+    "eta", "sigma_y", "travel", "samples", "seed", "panels", "canvas", "tile", "tile_overlap",
 )
+CANVAS_DEFAULTS = {"canvas": "auto", "tile": None, "tile_overlap": None}
+"""Result fields left out of the hash at their defaults, so outputs written before they existed resume."""
 _SECRET_WORDS = ("secret", "token", "password", "credential", "key")
 
 
@@ -156,6 +158,13 @@ class JobSpec(BaseModel):
     lease_ttl: float = Field(120.0, gt=0, description="seconds without a heartbeat after which a run's "
                              "lease on the output is taken over (the run died)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")
+    canvas: Literal["auto", "whole", "tiled", "maskshift"] = Field(
+        "auto", description="how images meet the model: whole canvas, overlapping tiles with one global "
+        "projection, or mask-shift windows; auto = whole at the model's native size, else tiled")
+    tile: int | None = Field(None, ge=8, description="tile / window side in px; None = the model's "
+                             "native size")
+    tile_overlap: int | None = Field(None, ge=0, description="px shared by neighbouring tiles; None = "
+                                     "tile/4 (tiled), tile/2 (mask-shift)")
 
     @field_validator("travel", mode="before")
     @classmethod
@@ -205,6 +214,12 @@ class JobSpec(BaseModel):
         except ValueError as exc:
             travel = ",".join(map(str, self.travel))
             raise SpecError(f"travel={travel} with steps={self.steps}: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _tiles(self) -> JobSpec:
+        if self.tile is not None and self.tile_overlap is not None and self.tile_overlap >= self.tile:
+            raise SpecError(f"tile_overlap={self.tile_overlap}: must be smaller than tile={self.tile}")
         return self
 
     @model_validator(mode="after")
@@ -259,7 +274,8 @@ class JobSpec(BaseModel):
     def result_fields(self) -> dict[str, Any]:
         """The fields that change results, JSON-able (what the hash and the refusal compare)."""
         dumped = self.model_dump(mode="json")
-        return {name: dumped[name] for name in RESULT_FIELDS}
+        return {name: dumped[name] for name in RESULT_FIELDS
+                if not (name in CANVAS_DEFAULTS and dumped[name] == CANVAS_DEFAULTS[name])}
 
     def spec_hash(self) -> str:
         text = json.dumps(self.result_fields(), sort_keys=True, separators=(",", ":"))
@@ -293,6 +309,7 @@ class JobSpec(BaseModel):
             steps=self.steps, eta=self.eta, sigma_y=self.sigma_y,
             travel=self.travel, samples=self.samples, batch_size=self.batch_size,
             seed=self.seed, panels=self.panels, threads=self.threads,
+            canvas=self.canvas, tile=self.tile, tile_overlap=self.tile_overlap,
         )
 
 

@@ -39,7 +39,7 @@ def test_cli_flags_job_file_fields_and_spec_agree(tmp_path):
               "cpus_per_worker": 1.0, "batch_size": 2, "seed": 1, "threads": 1, "panels": False,
               "incremental": False, "overwrite": False, "retry_failed": False, "address": None,
               "storage_options": {}, "worker_start_timeout": 60.0, "wait_for_lease": True,
-              "lease_ttl": 30.0}
+              "lease_ttl": 30.0, "canvas": "tiled", "tile": 16, "tile_overlap": 4}
     assert set(values) == fields, "update this test's job file when a field is added"
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({k.replace("_", "-"): v for k, v in values.items()}))
