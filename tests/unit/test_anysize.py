@@ -79,8 +79,8 @@ def test_cost_shards_pack_small_images_and_put_a_big_one_alone():
     keys = [f"s{i:02d}" for i in range(10)] + ["big"]
     costs = {k: 1 for k in keys} | {"big": 100}
     shards = plan_mod.make_shards(keys, 4, costs=costs, budget=4)
-    assert [s["keys"] for s in shards] == [["big"], ["s00", "s01", "s02", "s03"], ["s04", "s05", "s06", "s07"],
-                                           ["s08", "s09"]]
+    assert [s["keys"] for s in shards] == [["big"], ["s00", "s01", "s02", "s03"],
+                                           ["s04", "s05", "s06", "s07"], ["s08", "s09"]]
     assert [s["cost"] for s in shards] == [100, 4, 4, 2]
 
 
