@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddnm.restoration import MODES, Task
+from ddnm.restoration import MODES, Canvas, Task
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -55,6 +55,12 @@ class WorkerConfig:
     """FID Inception weights (local path or URL); None: no features, no FID / KID."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options for every URL above."""
+    canvas: str = "auto"
+    """How images meet the model: auto, whole, tiled, maskshift (``ddnm.restoration.Canvas``)."""
+    tile: int | None = None
+    """Tile / window side; None: the model's native size."""
+    tile_overlap: int | None = None
+    """Pixels shared by neighbouring tiles; None: tile // 4 (tiled), tile // 2 (mask-shift)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -62,6 +68,11 @@ class WorkerConfig:
         if self.lpips_net not in ("alex", "vgg"):
             raise ValueError(f"lpips_net must be alex or vgg, got {self.lpips_net!r}")
         object.__setattr__(self, "travel", tuple(int(v) for v in self.travel))
+
+    @property
+    def canvas_spec(self) -> Canvas:
+        """The canvas setting (the worker adapts ``tile_batch`` to its device's memory)."""
+        return Canvas(kind=self.canvas, tile=self.tile, overlap=self.tile_overlap)
 
     @property
     def task_spec(self) -> Task:

@@ -31,11 +31,18 @@ def is_image_key(key: str) -> bool:
 
 
 def decode_image(data: bytes, name: str) -> torch.Tensor:
-    """Decode png / jpg / jpeg / webp / bmp / tif bytes into a float tensor ``(C, H, W)`` in ``[0, 1]``.
+    """The pixels of :func:`decode_image_meta`: a float tensor ``(C, H, W)`` in ``[0, 1]``."""
+    return decode_image_meta(data, name)[0]
+
+
+def decode_image_meta(data: bytes, name: str):
+    """Decode png / jpg / jpeg / webp / bmp / tif bytes -> (float tensor ``(C, H, W)`` in ``[0, 1]``,
+    ``cluster.archival.ImageMeta``: bit depth, source profile, EXIF, XMP).
 
     EXIF orientation is applied. Grey (and 1-bit) images give C = 1, colour images C = 3; an alpha
     channel is dropped; palette, CMYK and YCbCr images are converted to RGB. 16-bit grey images keep
-    their precision (divided by 65535).
+    their precision (divided by 65535), and so do 16-bit RGB PNGs and TIFFs (``cluster.archival``).
+    An embedded ICC profile is converted to sRGB (the prior's space).
     Channels are converted for the task and model by ``ddnm.restoration.Task.prepare``.
     Raises:
         BadInput: ``"name: reason"`` for an empty file, a file that is not an image, truncated or
@@ -45,24 +52,66 @@ def decode_image(data: bytes, name: str) -> torch.Tensor:
 
     if not data:
         raise BadInput(name, "empty file")
+    from cluster import archival
+
     try:
         img = Image.open(io.BytesIO(data))
         img.load()
+        orientation = img.getexif().get(0x0112, 1)
+        rgb16 = _rgb16(data, img)
+        icc, xmp = img.info.get("icc_profile"), img.info.get("xmp") or img.info.get("XML:com.adobe.xmp")
         img = ImageOps.exif_transpose(img)
+        exif = img.getexif()
+        exif = exif.tobytes().removeprefix(archival.EXIF_HEADER) if len(exif) else None
     except UnidentifiedImageError:
         raise BadInput(name, "not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:
         raise BadInput(name, f"image too large ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
         raise BadInput(name, f"truncated or corrupt image data ({e})") from None
-    arr = _to_array(img)  # (H, W) or (H, W, 3) float32 in [0, 1]
+    note = ""
+    if rgb16 is not None:
+        arr = archival.orient(rgb16, orientation).astype(np.float64) / 65535.0
+        if icc:
+            converted = archival.icc_to_srgb_float(arr, icc)
+            if converted is None:  # a LUT profile: ImageCms works at 8 bits
+                arr = np.asarray(archival.icc_to_srgb_8bit(Image.fromarray(
+                    np.rint(arr * 255).astype(np.uint8), "RGB"), icc), np.float64) / 255.0
+                note = " (converted at 8 bits: not a matrix-shaper profile)"
+            else:
+                arr = converted
+        arr = arr.astype(np.float32)
+    else:
+        if icc and img.mode not in ("1", "L", "LA", "La", "I", "F") and not img.mode.startswith("I;16"):
+            try:
+                img = archival.icc_to_srgb_8bit(img, icc)
+            except Exception as e:  # a broken profile: keep the pixels, say so in the row
+                note = f" (not converted: {str(e).splitlines()[0][:100]})"
+        arr = _to_array(img)  # (H, W) or (H, W, 3) float32 in [0, 1]
+    bits = 16 if rgb16 is not None or img.mode.startswith("I") else 8
+    meta = archival.ImageMeta(bits=bits, exif=exif, xmp=xmp if isinstance(xmp, bytes) else
+                              (xmp.encode() if xmp else None),
+                              icc_profile=archival.profile_description(icc) + note if icc else None)
     if arr.ndim == 2:
         arr = arr[None]
     else:
         arr = arr.transpose(2, 0, 1)
     if arr.shape[1] == 0 or arr.shape[2] == 0:
         raise BadInput(name, "image has zero size")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    return torch.from_numpy(np.ascontiguousarray(arr)), meta
+
+
+def _rgb16(data: bytes, img) -> np.ndarray | None:
+    """(H, W, 3) uint16 when the file is a 16-bit RGB PNG or TIFF (Pillow reads those as 8-bit)."""
+    from cluster import archival
+
+    if img.mode != "RGB":
+        return None
+    if img.format == "PNG" and archival.png_header(data) in ((16, 2), (16, 6)):
+        return archival.decode_png16(data)
+    if img.format == "TIFF" and 16 in tuple(getattr(img, "tag_v2", {}).get(258, ()) or ()):
+        return archival.decode_tiff16(data)
+    return None
 
 
 def _to_array(img) -> np.ndarray:

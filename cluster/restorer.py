@@ -4,11 +4,13 @@
 itself -- which channels an input is read with, the clean image's shape, degrade or observe, sample,
 score -- is ``ddnm.restoration`` (the path ``ddnm.restore`` runs too); this class adds what a
 long-running worker needs on top: operators cached per size, a probe of sizes the network cannot take,
-and an automatic batch size from free accelerator memory.
+an automatic batch size and tile batch from free accelerator memory, and a refusal (before sampling)
+of a canvas that cannot fit in host memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +25,31 @@ from ddnm.restoration import restore_batch
 CPU_BATCH_SIZE = 4
 """Images per sampler call on a CPU when the config says ``batch_size: None`` (automatic)."""
 MAX_BATCH_SIZE = 64
+CPU_TILE_BATCH = 32
+"""Tiles per model call on a CPU (bench/RESULTS.md: larger CPU batches are slower per tile)."""
+MAX_TILE_BATCH = 1024
+CANVAS_COPIES = 12
+"""Float32 copies of a canvas one sample of one image holds while sampling (x_t, x0, eps, the blended
+eps and its weights, y and A^+ y, noise, the mean / std, the decoded input and the outputs): the host
+memory check's estimate."""
+
+
+def canvas_bytes(x_shape: tuple, samples: int = 1) -> int:
+    """Estimated memory of sampling one image of clean shape ``x_shape`` (C, H, W) with K samples."""
+    c, h, w = (int(v) for v in x_shape)
+    return 4 * c * h * w * (CANVAS_COPIES * samples + 4)
+
+
+def host_memory_available() -> int | None:
+    """Bytes of host memory available now (``MemAvailable`` of /proc/meminfo), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +84,8 @@ class BatchRestorer:
         self._size_checks: dict[tuple, str | None] = {}
         self._probed: dict[tuple, str | None] = {}
         self.scorer = PerceptualScorer(config, device) if PerceptualScorer.wanted(config) else None
+        self.canvas = config.canvas_spec
+        self._tile_batch: int | None = None
 
     # --------------------------------------------------------------------------------- shapes, batch
     def prepare(self, image: torch.Tensor) -> torch.Tensor:
@@ -74,8 +103,28 @@ class BatchRestorer:
                                                              model_channels=self.model.in_channels)
         return self._size_checks[image_shape]
 
+    def check_memory(self, image_shape: tuple) -> str | None:
+        """Why an image of prepared shape `image_shape` cannot be sampled in this worker's host memory
+        (estimate :func:`canvas_bytes`), or None: refused before sampling, never killed by the OOM killer."""
+        need = canvas_bytes(self.x_shape(image_shape), self.config.samples)
+        free = host_memory_available()
+        if free is not None and need > free:
+            c, h, w = self.x_shape(image_shape)
+            return (f"too large for this worker: a {w}x{h} canvas needs about {need / 2**30:.1f} GiB of "
+                    f"host memory to sample, {free / 2**30:.1f} GiB available")
+        return None
+
+    def model_shape(self, x_shape: tuple) -> tuple:
+        """The shape the network sees for canvases of `x_shape`: the canvas, or one tile / window."""
+        if self.canvas.resolve(self.model, x_shape) == "whole":
+            return tuple(x_shape)
+        t = self.canvas.side(self.model)
+        return (x_shape[0], t, t)
+
     def _probe(self, x_shape: tuple, keys: list[str]) -> None:
-        """One model call on zeros of `x_shape` (cached): a size the network cannot take is a BadInput."""
+        """One model call on zeros of the shape the network sees (cached): a size it cannot take is a
+        BadInput."""
+        x_shape = self.model_shape(x_shape)
         if x_shape not in self._probed:
             try:
                 with torch.no_grad():
@@ -99,7 +148,14 @@ class BatchRestorer:
         return self._batch_sizes[image_shape]
 
     def _auto_batch_size(self, x_shape: tuple) -> int:
-        """CPU: a fixed default. CUDA: 60% of free memory / the peak memory of a batch-of-one forward."""
+        """CPU: a fixed default. CUDA: 60% of free memory / the peak memory of a batch-of-one forward.
+        A tiled canvas: as many canvases as fit (:func:`canvas_bytes`), their tiles batched apart."""
+        if self.canvas.resolve(self.model, x_shape) != "whole":
+            t = self.canvas.side(self.model)
+            if self.device.type != "cuda":
+                return max(1, min(CPU_BATCH_SIZE, CPU_BATCH_SIZE * t * t // (x_shape[1] * x_shape[2])))
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return max(1, min(MAX_BATCH_SIZE, int(0.3 * free / canvas_bytes(x_shape, self.config.samples))))
         if self.device.type != "cuda":
             return CPU_BATCH_SIZE
         torch.cuda.synchronize(self.device)
@@ -112,6 +168,26 @@ class BatchRestorer:
         per_image = max(torch.cuda.max_memory_allocated(self.device) - base, 1) * 2  # x_t, x0, eps, ...
         free, _ = torch.cuda.mem_get_info(self.device)
         return max(1, min(MAX_BATCH_SIZE, int(0.6 * free / per_image) // self.config.samples))
+
+    def tile_batch(self) -> int:
+        """Tiles per model call: CPU :data:`CPU_TILE_BATCH`; CUDA: half the free memory / the peak
+        memory of one tile's forward (measured once)."""
+        if self._tile_batch is None:
+            if self.device.type != "cuda":
+                self._tile_batch = CPU_TILE_BATCH
+            else:
+                t = self.canvas.side(self.model)
+                torch.cuda.synchronize(self.device)
+                torch.cuda.empty_cache()
+                base = torch.cuda.memory_allocated(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+                with torch.no_grad():
+                    x = torch.zeros(1, self.model.in_channels, t, t, device=self.device, dtype=self.dtype)
+                    self.model(x, torch.full((1,), 500, device=self.device, dtype=torch.long))
+                per_tile = max(torch.cuda.max_memory_allocated(self.device) - base, 1)
+                free, _ = torch.cuda.mem_get_info(self.device)
+                self._tile_batch = max(1, min(MAX_TILE_BATCH, int(0.5 * free / per_tile)))
+        return self._tile_batch
 
     def _operator(self, x_shape: tuple, masks: torch.Tensor | None):
         """The task's operator for `x_shape`; built once per size unless it carries per-image masks
@@ -129,9 +205,12 @@ class BatchRestorer:
         x_shape = self.x_shape(tuple(images.shape[1:]))
         self._probe(x_shape, keys)
         op = self._operator(x_shape, masks)
+        canvas = self.canvas
+        if canvas.resolve(self.model, x_shape) != "whole":
+            canvas = dataclasses.replace(canvas, tile_batch=self.tile_batch())
         out = restore_batch(self.model, op, images.to(self.device, torch.float32), mode=cfg.mode, keys=keys,
                             seed=cfg.seed, steps=cfg.steps, eta=cfg.eta, sigma_y=cfg.sigma_y,
-                            travel=cfg.travel, samples=cfg.samples, dtype=self.dtype)
+                            travel=cfg.travel, samples=cfg.samples, dtype=self.dtype, canvas=canvas)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         restored, view = out.images.cpu(), out.observation_images.cpu()
@@ -146,7 +225,8 @@ class BatchRestorer:
         return [BatchResult(restored=restored[i], std=None if std is None else std[i],
                             observation_view=view[i],
                             metrics={**{k: float(v[i]) for k, v in scores.items()},
-                                     "model_calls": int(out.model_calls)},
+                                     "model_calls": int(out.model_calls), "canvas": out.canvas,
+                                     "tiles": int(out.tiles)},
                             features=None if feats is None else feats[i],
                             truth_features=None if truth_feats is None else truth_feats[i])
                 for i in range(images.shape[0])]

@@ -54,6 +54,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("output", "string", "the restored PNG's URL, or null", result=True),
     Column("busy_seconds", "float64", "the shard's compute time in the worker"),
     Column("shard_seconds", "float64", "the shard's wall time in the worker"),
+    Column("canvas", "string", "how the model met the image: `whole`, `tiled` or `maskshift`", result=True),
+    Column("tiles", "int64", "model inputs per step: 1 whole, else tiles (mask-shift: windows)", result=True),
+    Column("modcrop", "string", "evaluate mode: the ground truth's top-left crop to the task's scale, "
+           "`WxH -> wxh`, or null"),
+    Column("bit_depth", "int64", "bits per sample of the input (8 or 16); 16-bit inputs give 16-bit PNGs"),
+    Column("icc_profile", "string", "the input's embedded colour profile (converted to sRGB), or null"),
 )
 NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 _NAMES = frozenset(NAMES)

@@ -35,8 +35,9 @@ import numpy as np
 import torch
 
 from cluster import storage
+from cluster.archival import ImageMeta, tag_png
 from cluster.config import WorkerConfig
-from cluster.images import BadInput, decode_image, decode_mask, encode_png
+from cluster.images import BadInput, decode_image_meta, decode_mask, encode_png
 from cluster.outputs import output_urls, panel, std_map
 from cluster.restorer import CPU_BATCH_SIZE
 from cluster.rows import Row, fail, new_row
@@ -53,6 +54,8 @@ class Item:
     image: torch.Tensor  # (C, H, W) in [0, 1]
     mask: torch.Tensor | None  # (1, H, W) 0/1 per-image mask, or None
     seconds: float  # read + decode time
+    meta: ImageMeta = ImageMeta()  # bit depth, source profile, EXIF, XMP (carried to the output)
+    in_size: tuple[int, int] | None = None  # (H, W) as decoded (evaluate mode may modcrop it)
 
 
 _DONE = object()
@@ -166,7 +169,12 @@ class RestoreWorker:
                     self._finish(sid)
                     continue
                 futures[i] = None  # free the bytes
-                rows[i]["in_height"], rows[i]["in_width"] = item.image.shape[1:]
+                in_size = item.in_size or tuple(item.image.shape[1:])
+                rows[i]["in_height"], rows[i]["in_width"] = in_size
+                rows[i].update(bit_depth=item.meta.bits, icc_profile=item.meta.icc_profile)
+                if tuple(item.image.shape[1:]) != in_size and self.config.mode == "evaluate":
+                    (h0, w0), (h, w) = in_size, item.image.shape[1:]
+                    rows[i]["modcrop"] = f"{w0}x{h0} -> {w}x{h}"
                 group = groups.setdefault(tuple(item.image.shape), [])
                 group.append(item)
                 if len(group) >= self._batch_size(tuple(item.image.shape)):
@@ -199,11 +207,14 @@ class RestoreWorker:
             data = storage.read_bytes(url, cfg.storage_options)
         except FileNotFoundError:
             raise BadInput(key, "file not found") from None
-        image = decode_image(data, key)
+        image, meta = decode_image_meta(data, key)
+        in_size = tuple(image.shape[1:])
         mask = self._load_mask(key) if cfg.mask_url else None
         try:
             image = self.sampler.prepare(image)
             problem = self.sampler.check_size(tuple(image.shape))
+            if not problem and hasattr(self.sampler, "check_memory"):
+                problem = self.sampler.check_memory(tuple(image.shape))
             if problem:
                 raise BadInput(key, problem)
             if mask is not None:
@@ -214,9 +225,10 @@ class RestoreWorker:
         except (BadInput, ValueError) as e:
             if not isinstance(e, BadInput):
                 e = BadInput(key, str(e))
-            e.size = tuple(image.shape[1:])  # the row still records the input's size
+            e.size = in_size  # the row still records the input's size
             raise
-        return Item(index=index, key=key, image=image, mask=mask, seconds=time.perf_counter() - t0)
+        return Item(index=index, key=key, image=image, mask=mask, seconds=time.perf_counter() - t0,
+                    meta=meta, in_size=in_size)
 
     def _load_mask(self, key: str) -> torch.Tensor:
         """The per-image mask under mask_url: the same key, or the key with .png / .npy."""
@@ -285,7 +297,8 @@ class RestoreWorker:
         cfg = self.config
         so = cfg.storage_options
         urls = output_urls(cfg.output_url, item.key)
-        storage.write_bytes(urls["images"], encode_png(res.restored), so)
+        meta = item.meta
+        storage.write_bytes(urls["images"], tag_png(encode_png(res.restored, bits=meta.bits), meta), so)
         h, w = res.restored.shape[1:]
         if cfg.panels:  # evaluate: observation | restored | ground truth (= the input);
             tiles = [res.observation_view, res.restored]  # restore: input | observation | restored

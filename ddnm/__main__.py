@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             r["settings"] = ", ".join(f"{k}={v['default']}" for k, v in r["settings"].items())
         print(_table(rows, ["name", "has_svd", "restore_from_image", "settings", "description"]))
     else:
-        print(_table(rows, ["name", "family", "params", "image_size", "description"]))
+        print(_table(rows, ["name", "family", "params", "image_size", "accepts", "description"]))
     return 0
 
 

@@ -18,6 +18,7 @@ import torch
 from ddnm.restoration import (
     MODES,
     BatchSamples,
+    Canvas,
     Task,
     evaluate_observation,
     generators_for,
@@ -27,7 +28,7 @@ from ddnm.restoration import (
     sample_batch,
 )
 
-__all__ = ["MODES", "BatchSamples", "RestoreResult", "evaluate_observation", "generators_for",
+__all__ = ["MODES", "BatchSamples", "Canvas", "RestoreResult", "evaluate_observation", "generators_for",
            "observation_noise", "restore", "sample_batch", "to_tensor"]
 
 
@@ -72,6 +73,7 @@ def restore(
     masks: torch.Tensor | None = None,
     checkpoint: str | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    canvas: Canvas | str | None = None,
     **task_settings: Any,
 ) -> RestoreResult:
     """Restore a batch of images with DDNM (``sigma_y == 0``) or DDNM+ (``sigma_y > 0``).
@@ -86,6 +88,8 @@ def restore(
     samples: K samples per image in one batched pass; ``images`` is their mean, ``std`` their spread.
     keys: one string per image for its random streams (default "0", "1", ...); seed: the run's seed.
     callback(step_index, t, x0_hat) sees every step's x0_hat of the B*K batch ([-1, 1] scale).
+    canvas: how images of any size meet the model, a :class:`~ddnm.restoration.Canvas` or its kind
+      ("auto" (default), "whole", "tiled", "maskshift"); the batch worker runs the same setting.
     """
     from ddnm import models
     from ddnm.operators import Operator
@@ -114,14 +118,17 @@ def restore(
         x = spec.prepare(x01.to(device), mode=mode, model_channels=channels)
         x_shape = spec.x_shape(tuple(x.shape[1:]), mode=mode, model_channels=channels)
         op = spec.build(x_shape, device=device, masks=None if masks is None else masks.to(device))
+    if isinstance(canvas, str):
+        canvas = Canvas(kind=canvas)
     start = time.perf_counter()
     out = restore_batch(model, op, x, mode=mode, keys=keys, seed=seed, steps=steps, eta=eta,
-                        sigma_y=sigma_y, travel=travel, samples=samples, callback=callback)
+                        sigma_y=sigma_y, travel=travel, samples=samples, callback=callback, canvas=canvas)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / b
     rows = [{k: float(v[i]) for k, v in out.metrics.items()} | {"model_calls": out.model_calls,
-            "samples": samples, "seconds": seconds} for i in range(b)]
+            "samples": samples, "seconds": seconds, "canvas": out.canvas, "tiles": out.tiles}
+            for i in range(b)]
     return RestoreResult(images=out.images.cpu(), std=None if out.std is None else out.std.cpu(),
                          observations=out.observations.cpu(),
                          observation_images=out.observation_images.cpu(), metrics=rows)

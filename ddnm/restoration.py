@@ -20,6 +20,7 @@ depend on the batch an image lands in.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +29,14 @@ import torch
 
 from ddnm import metrics
 from ddnm.operators import TASKS, Operator, build, is_custom, load_operator_class
-from ddnm.sampling import ddnm_sample, image_generator
+from ddnm.sampling import TiledEps, ddnm_sample, image_generator, maskshift_sample, model_stride
 from ddnm.sampling.schedule import model_alpha_bar
 
 MODES = ("evaluate", "restore")
+CANVASES = ("auto", "whole", "tiled", "maskshift")
+WHOLE_MAX_PIXELS = 512 * 512
+"""``canvas="auto"`` samples a fully convolutional model (``model.any_size``) on the whole canvas up to
+this many pixels; above it, and for any model at a size other than its native one, on tiles."""
 LUMA = (0.299, 0.587, 0.114)
 """ITU-R 601 weights: an RGB input for a one-channel model is read as its luma (Pillow's "L")."""
 
@@ -85,8 +90,23 @@ class Task:
         """
         _check_mode(mode)
         c = images.shape[1]
+        if mode == "evaluate":
+            h, w = self.modcrop(images.shape[-2:])
+            images = images[..., :h, :w]
         return match_channels(images, model_channels if mode == "evaluate" else (
             c if self.observes_grey else 3))
+
+    def modcrop(self, size: Sequence[int]) -> tuple[int, int]:
+        """Evaluate mode's ground-truth crop: ``(H, W)`` -> the largest ``(h, w)`` whose sides the task's
+        ``scale`` / ``block`` divides (the top-left "modcrop" of SR papers); unchanged when they do."""
+        h, w = (int(v) for v in size)
+        m = 1
+        for name in ("scale", "block"):
+            v = self.settings.get(name, TASKS[self.name].settings.get(name, (1,))[0]
+                                  if self.name in TASKS else 1)
+            if isinstance(v, int | float) and float(v).is_integer() and v >= 1:
+                m = math.lcm(m, int(v))
+        return (max(h - h % m, min(h, m)), max(w - w % m, min(w, m)))
 
     def x_shape(self, image_shape: Sequence[int], *, mode: str, model_channels: int) -> tuple[int, int, int]:
         """The clean image's ``(C, H, W)`` for a prepared input of ``image_shape`` ``(C', h, w)``."""
@@ -135,6 +155,79 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
 
 
+# ---------------------------------------------------------------------------------------------- canvas
+@dataclass(frozen=True, kw_only=True)
+class Canvas:
+    """How a canvas (the clean image, any size) meets the model: whole, tiled or mask-shift.
+
+    ``kind``: "whole" (the model sees the whole canvas), "tiled" (:class:`ddnm.sampling.TiledEps`: one
+    blended eps from overlapping tiles, one global projection), "maskshift" (window by window on a
+    wavefront, :func:`ddnm.sampling.maskshift_sample`; block-local tasks only) or "auto": whole at the
+    model's native size, and for a fully convolutional model (``model.any_size``) up to
+    :data:`WHOLE_MAX_PIXELS`; tiled otherwise.
+    """
+
+    kind: str = "auto"
+    """One of :data:`CANVASES`."""
+    tile: int | None = None
+    """Tile / window side in pixels; None: the model's native size (``model.image_size``)."""
+    overlap: int | None = None
+    """Pixels shared by neighbouring tiles / windows; None: ``tile // 4`` (tiled), ``tile // 2``
+    (mask-shift)."""
+    tile_batch: int = 64
+    """At most this many tiles per model call (a memory cap; results do not depend on it)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in CANVASES:
+            raise ValueError(f"canvas must be one of {CANVASES}, got {self.kind!r}")
+        for name in ("tile", "overlap"):
+            v = getattr(self, name)
+            low = 1 if name == "tile" else 0
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                raise ValueError(f"{name} must be None or an int >= {low}, got {v!r}")
+        if self.tile is not None and self.overlap is not None and self.overlap >= self.tile:
+            raise ValueError(f"overlap must be < tile={self.tile}, got {self.overlap!r}")
+        if isinstance(self.tile_batch, bool) or not isinstance(self.tile_batch, int) or self.tile_batch < 1:
+            raise ValueError(f"tile_batch must be a positive int, got {self.tile_batch!r}")
+
+    def side(self, model) -> int:
+        """The tile side for ``model``."""
+        return int(self.tile or getattr(model, "image_size", None) or 0) or 256
+
+    def resolve(self, model, x_shape: Sequence[int]) -> str:
+        """"whole", "tiled" or "maskshift" for a canvas of ``x_shape`` ``(C, H, W)``."""
+        if self.kind != "auto":
+            return self.kind
+        H, W = (int(v) for v in x_shape[-2:])
+        native = getattr(model, "image_size", None)
+        if self.tile is None and (H, W) == (native, native):
+            return "whole"
+        stride = model_stride(model)
+        if getattr(model, "any_size", False) and self.tile is None and H * W <= WHOLE_MAX_PIXELS \
+                and H % stride == 0 and W % stride == 0:
+            return "whole"
+        return "tiled"
+
+    def tiles(self, model, x_shape: Sequence[int]) -> int:
+        """Model inputs per sampler step for one canvas: 1 whole, else its tiles (mask-shift: windows)."""
+        kind = self.resolve(model, x_shape)
+        if kind == "whole":
+            return 1
+        H, W = (int(v) for v in x_shape[-2:])
+        T = self.side(model)
+        if kind == "tiled":
+            hs, ws = self.tiled_eps(model).grid(H, W)
+            return len(hs) * len(ws)
+        stride = T - (T // 2 if self.overlap is None else self.overlap)
+        return ((max(H - T, 0) + stride - 1) // stride + 1) * ((max(W - T, 0) + stride - 1) // stride + 1)
+
+    def tiled_eps(self, model) -> TiledEps:
+        return TiledEps(model, tile=self.side(model), overlap=self.overlap, tile_batch=self.tile_batch)
+
+
+WHOLE = Canvas(kind="whole")
+
+
 # -------------------------------------------------------------------------------------------- sampling
 @dataclass(frozen=True, kw_only=True)
 class BatchSamples:
@@ -145,7 +238,12 @@ class BatchSamples:
     std: torch.Tensor | None
     """(B, C, H, W) per-pixel std over the K samples clamped to ``[0, 1]`` (None when K = 1)."""
     model_calls: int
-    """Model calls per sample (a K-sample batch evaluates the model on B*K images per call)."""
+    """Model calls per sample (a K-sample batch evaluates the model on B*K images per call); with
+    mask-shift, per window."""
+    canvas: str = "whole"
+    """How the canvas was sampled: "whole", "tiled" or "maskshift"."""
+    tiles: int = 1
+    """Model inputs per step per image: 1 whole, else tiles (mask-shift: windows, each ``model_calls``)."""
 
 
 def generators_for(keys: Sequence[str], seed: int, samples: int, device) -> list[torch.Generator]:
@@ -185,13 +283,15 @@ def sample_batch(
     dtype: torch.dtype | None = None,
     alpha_bar: torch.Tensor | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    canvas: Canvas = WHOLE,
 ) -> BatchSamples:
     """K samples for each of B observations in one batched DDNM pass.
 
     model, op and y on one device; op built for the B images (per-image buffers are repeated with
     ``op.select``). sigma_y on the ``[0, 1]`` scale. dtype: the sampler state is float64 when dtype or
     y is float64, else float32 (a bf16/fp16 model casts inside its adapter). alpha_bar defaults to the
-    schedule that travels with the model (``model.alpha_bar()``).
+    schedule that travels with the model (``model.alpha_bar()``). canvas: whole, tiled or mask-shift
+    (:class:`Canvas`; default whole, the model on the whole canvas).
     """
     if len(keys) != y.shape[0]:
         raise ValueError(f"keys must hold one key per image: got {len(keys)} for a batch of {y.shape[0]}")
@@ -207,12 +307,26 @@ def sample_batch(
         y = y[idx]
         op = op.select(idx) if hasattr(op, "select") else op
     abar = model_alpha_bar(model) if alpha_bar is None else alpha_bar
-    out = ddnm_sample(model, y, op, abar, steps=steps, eta=eta, sigma_y=2.0 * float(sigma_y),
-                      travel=tuple(travel), generators=generators_for(keys, seed, samples, y.device),
-                      callback=callback)
-    xs = out.x.view(b, samples, *out.x.shape[1:])
+    kind = canvas.resolve(model, op.x_shape)
+    gens = generators_for(keys, seed, samples, y.device)
+    settings = dict(steps=steps, eta=eta, sigma_y=2.0 * float(sigma_y), travel=tuple(travel))
+    tiles = canvas.tiles(model, op.x_shape)
+    if kind == "maskshift":
+        if callback is not None:
+            raise ValueError("callback is not supported with canvas='maskshift'")
+        T = canvas.side(model)
+        ms = maskshift_sample(model, y, op, abar, window=T,
+                              stride=T - (T // 2 if canvas.overlap is None else canvas.overlap),
+                              window_batch=max(1, canvas.tile_batch // y.shape[0]), generators=gens,
+                              **settings)
+        x, calls, tiles = ms.x, ms.model_calls // ms.windows, ms.windows
+    else:
+        eps = canvas.tiled_eps(model) if kind == "tiled" else model
+        out = ddnm_sample(eps, y, op, abar, generators=gens, callback=callback, **settings)
+        x, calls = out.x, out.model_calls
+    xs = x.view(b, samples, *x.shape[1:])
     std = ((xs.clamp(-1, 1) + 1) / 2).std(dim=1) if samples > 1 else None
-    return BatchSamples(x=xs.mean(dim=1), std=std, model_calls=out.model_calls)
+    return BatchSamples(x=xs.mean(dim=1), std=std, model_calls=calls, canvas=kind, tiles=tiles)
 
 
 # ------------------------------------------------------------------------------------------- restore
@@ -236,6 +350,10 @@ class BatchRestoration:
     """name -> (B,) float64, the names of :data:`METRICS` that apply to the mode."""
     model_calls: int
     """Model calls per sample."""
+    canvas: str = "whole"
+    """How the canvas was sampled (:attr:`BatchSamples.canvas`)."""
+    tiles: int = 1
+    """Model inputs per step per image (:attr:`BatchSamples.tiles`)."""
 
 
 @torch.no_grad()
@@ -254,6 +372,7 @@ def restore_batch(
     samples: int = 1,
     dtype: torch.dtype | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    canvas: Canvas | None = None,
 ) -> BatchRestoration:
     """Restore B prepared images (:meth:`Task.prepare`) with DDNM (``sigma_y == 0``) or DDNM+.
 
@@ -261,6 +380,7 @@ def restore_batch(
     here (``y = A x + 2 sigma_y n``, paper eq. 16) and scored against (PSNR, SSIM); restore mode:
     observations as the user has them (``y = op.observe(image)``). op: built for these images
     (:meth:`Task.build`). Consistency ``||A x0 - y||`` is recorded before and after clamping x0.
+    canvas: how the model meets images of any size (:class:`Canvas`); None: ``Canvas()`` (auto).
     """
     _check_mode(mode)
     pm1 = images.float() * 2 - 1
@@ -269,7 +389,8 @@ def restore_batch(
     else:
         y = op.observe(pm1)
     out = sample_batch(model, op, y, keys=keys, seed=seed, steps=steps, eta=eta, sigma_y=sigma_y,
-                       travel=travel, samples=samples, dtype=dtype, callback=callback)
+                       travel=travel, samples=samples, dtype=dtype, callback=callback,
+                       canvas=Canvas() if canvas is None else canvas)
     x = out.x.float()  # (B, C, H, W) [-1, 1], mean of K samples, unclamped
     restored = (x.clamp(-1, 1) + 1) / 2
     y = y.float()
@@ -281,4 +402,4 @@ def restore_batch(
     view = (op.y_to_image(y).float().clamp(-1, 1) + 1) / 2
     return BatchRestoration(images=restored, std=None if out.std is None else out.std.float(),
                             observations=y, observation_images=view, metrics=scores,
-                            model_calls=out.model_calls)
+                            model_calls=out.model_calls, canvas=out.canvas, tiles=out.tiles)

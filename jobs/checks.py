@@ -98,10 +98,23 @@ def _validate_task(spec: JobSpec, image) -> tuple[int, int, int] | None:
 
 
 def _check_model_size(spec: JobSpec, x_shape: tuple[int, int, int] | None) -> None:
-    """A model with a fixed image size cannot restore images of another size: refuse up front."""
+    """Any size is restored on tiles; only ``--canvas whole`` with a model of one native size is
+    refused up front for another size. Tiles must fit the network's stride; mask-shift, the task."""
     from ddnm.models import REGISTRY
-    size = getattr(REGISTRY.get(spec.model), "image_size", None)
-    if size and x_shape is not None and tuple(x_shape[1:]) != (size, size):
+    from ddnm.sampling.maskshift import SUPPORTED
+
+    info = REGISTRY.get(spec.model)
+    size = getattr(info, "image_size", None)
+    if spec.canvas == "whole" and size and not info.any_size and x_shape is not None \
+            and tuple(x_shape[1:]) != (size, size):
         what = "restored images would be" if spec.mode == "restore" else "input images are"
-        raise JobError(f"model {spec.model} restores {size}x{size} images; the {what} "
-                       f"{x_shape[2]}x{x_shape[1]} (checked on the first decodable input)")
+        raise JobError(f"model {spec.model} restores {size}x{size} images whole; the {what} "
+                       f"{x_shape[2]}x{x_shape[1]} (checked on the first decodable input): use "
+                       f"--canvas auto or tiled")
+    levels = getattr(info.config, "channel_mult", None) or getattr(info.config, "ch_mult", None)
+    stride = 2 ** (len(levels) - 1) if levels else 1
+    if spec.tile is not None and spec.tile % stride:
+        raise JobError(f"--tile {spec.tile}: must be a multiple of model {spec.model}'s stride {stride}")
+    if spec.canvas == "maskshift" and spec.task not in SUPPORTED:
+        raise JobError(f"--canvas maskshift: task {spec.task} mixes pixels across window edges; "
+                       f"mask-shift supports {', '.join(SUPPORTED)} (use --canvas tiled)")

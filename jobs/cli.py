@@ -125,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
             "lease-ttl": {"type": float, "metavar": "SECONDS"},
             "lpips-weights": {"metavar": "PATH|URL"}, "lpips-net": {"choices": _choices("lpips_net")},
             "inception-weights": {"metavar": "PATH|URL"},
+            "canvas": {"choices": _choices("canvas"),
+                       "help": "whole | tiled | maskshift; auto: whole at the model's native size, "
+                               "else tiled"},
+            "tile": {"type": int, "help": "tile / window side in px; None = the model's native size"},
+            "tile-overlap": {"type": int, "help": "px shared by neighbouring tiles; None = tile/4"},
             "storage-option": {"action": "append", "metavar": "KEY=VALUE", "field": "storage_options",
                                "help": "an fsspec storage option (e.g. endpoint_url=...), repeatable"}}
     for name, kw in flag.items():
@@ -305,7 +310,10 @@ def _run_held(spec: JobSpec, lease) -> int:
         workers = min(workers, len(prepared.pending))
         _log(f"{spec.task} on {prepared.pending_images} images in {len(prepared.pending)} shards "
              f"({len(prepared.committed)} shards already committed), {workers} workers x {gpw:g} GPU")
-        progress = Progress(prepared.total_images, done=prepared.total_images - prepared.pending_images)
+        progress = Progress(prepared.total_images, done=prepared.total_images - prepared.pending_images,
+                            cost_total=prepared.total_cost,
+                            cost_done=prepared.total_cost - prepared.pending_cost)
+        costs = {s["shard_id"]: plan_mod.shard_cost(s) for s in prepared.pending}
 
         def on_result(summary: dict[str, Any]) -> None:
             lease.check()
@@ -313,7 +321,7 @@ def _run_held(spec: JobSpec, lease) -> int:
             c = results.counts(table)
             ran["ok"] += c["ok"]
             ran["failed"] += c["failed"]
-            progress.update(c["ok"], c["failed"])
+            progress.update(c["ok"], c["failed"], costs.get(summary["shard_id"], 0))
 
         from cluster.dispatcher import Dispatcher, WorkerStartError
         try:

@@ -13,20 +13,64 @@ from cluster import storage
 from cluster.config import WorkerConfig
 from cluster.outputs import output_name
 from ddnm.operators import is_mask_file
-from jobs import inputs, layout, provenance, results
+from jobs import inputs, layout, provenance, results, sizes
 from jobs.checks import check_against_data
 from jobs.errors import JobError
 from jobs.inputs import unreachable
 from jobs.spec import JobSpec
 
 
-def make_shards(keys: list[str], shard_size: int, *, first_id: int = 0) -> list[dict[str, Any]]:
-    """Sorted keys -> [{"shard_id", "keys"}] of at most `shard_size` keys, ids from `first_id`."""
+def make_shards(keys: list[str], shard_size: int, *, first_id: int = 0, costs: dict[str, int] | None = None,
+                budget: int | None = None) -> list[dict[str, Any]]:
+    """Sorted keys -> [{"shard_id", "keys"}] of at most `shard_size` keys, ids from `first_id`.
+
+    With `costs` (key -> cost) and `budget`: [{"shard_id", "keys", "cost"}] packed in key order up to
+    `budget` each; an image costing more than the budget is a shard alone."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size!r}")
     keys = sorted(keys)
-    return [{"shard_id": first_id + i, "keys": keys[start:start + shard_size]}
-            for i, start in enumerate(range(0, len(keys), shard_size))]
+    if costs is None:
+        return [{"shard_id": first_id + i, "keys": keys[start:start + shard_size]}
+                for i, start in enumerate(range(0, len(keys), shard_size))]
+    if budget is None or budget < 1:
+        raise ValueError(f"budget must be a positive cost with costs, got {budget!r}")
+    groups: list[tuple[list[str], int]] = []
+    cur: list[str] = []
+    total = 0
+    for k in keys:
+        c = int(costs[k])
+        if cur and total + c > budget:
+            groups.append((cur, total))
+            cur, total = [], 0
+        cur.append(k)
+        total += c
+    if cur:
+        groups.append((cur, total))
+    return [{"shard_id": first_id + i, "keys": g, "cost": c} for i, (g, c) in enumerate(groups)]
+
+
+def _costs(spec: JobSpec, root: str, keys: list[str]) -> dict[str, int]:
+    """key -> cost (pixels x model calls, jobs/sizes.py) from the images' headers."""
+    from ddnm.models import list_models
+
+    native = next((m["image_size"] for m in list_models() if m["name"] == spec.model), None)
+    return sizes.image_costs(sizes.image_sizes(root, keys, spec.storage_options),
+                             tile=int(spec.tile or native or 256), model_calls=spec.model_calls())
+
+
+def _cut(spec: JobSpec, root: str, keys: list[str], *, first_id: int = 0,
+         budget: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Shards of `keys` by cost -> (shards, the budget used: the given one, else from these keys)."""
+    if not keys:
+        return [], budget or 1
+    costs = _costs(spec, root, keys)
+    budget = budget or sizes.shard_budget(costs, spec.shard_size)
+    return make_shards(keys, spec.shard_size, first_id=first_id, costs=costs, budget=budget), budget
+
+
+def shard_cost(shard: dict[str, Any]) -> int:
+    """A shard's cost; a plan written before costs existed counts its images."""
+    return int(shard.get("cost", len(shard["keys"])))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +85,7 @@ class Prepared:
     new_keys: int = 0                     # keys appended by --incremental
     retried_keys: int = 0                 # failed keys given new shards by --retry-failed
     resumed: bool = False                 # a previous plan was reused
+    budget: int = 0                       # the cost one shard holds (jobs/sizes.py)
     previous_spec: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -56,6 +101,15 @@ class Prepared:
     @property
     def pending_images(self) -> int:
         return sum(len(s["keys"]) for s in self.pending)
+
+    @property
+    def total_cost(self) -> int:
+        """The plan's cost (pixels x model calls), each shard once (the unit of progress and ETA)."""
+        return sum(shard_cost(s) for s in self.shards)
+
+    @property
+    def pending_cost(self) -> int:
+        return sum(shard_cost(s) for s in self.pending)
 
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -87,8 +141,10 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
     plan = _read(storage.read_json, storage.join(out, layout.PLAN_FILE), opts) if reuse else None
     notes: list[str] = []
     new_keys = 0
+    budget = 0
     if plan is not None and plan.get("input") == spec.input:
         root, shards = plan["input_root"], plan["shards"]
+        budget = int(plan.get("shard_cost") or 0)
         if spec.incremental:
             root_now, keys = inputs.list_inputs(spec.input, opts, exclude=_excluded(spec))
             if root_now != root:
@@ -96,14 +152,15 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
             planned = {k for s in shards for k in s["keys"]}
             fresh = [k for k in keys if k not in planned]
             first = max((s["shard_id"] for s in shards), default=-1) + 1
-            shards = shards + make_shards(fresh, spec.shard_size, first_id=first)
+            added, budget = _cut(spec, root, fresh, first_id=first, budget=budget or None)
+            shards = shards + added
             new_keys = len(fresh)
     else:
         plan = None
         root, keys = inputs.list_inputs(spec.input, opts, exclude=_excluded(spec))
         if not keys:
             raise JobError(f"input {spec.input}: no images found ({inputs.describe_extensions()})")
-        shards = make_shards(keys, spec.shard_size)
+        shards, budget = _cut(spec, root, keys)
     _check_output_names(shards)
     spec = check_against_data(spec, root, [k for s in shards for k in s["keys"]], notes)
     committed = _read(layout.committed_ids, out, opts) if reuse else set()
@@ -112,12 +169,13 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
         queued = {k for sh in shards if sh["shard_id"] not in committed for k in sh["keys"]}
         failed = [k for k in _failed_keys(out, opts, committed) if k not in queued]  # not twice
         first = max((s["shard_id"] for s in shards), default=-1) + 1
-        shards = shards + make_shards(failed, spec.shard_size, first_id=first)
+        added, budget = _cut(spec, root, failed, first_id=first, budget=budget or None)
+        shards = shards + added
         retried = len(failed)
     pending = [{**s, "attempt": 0} for s in shards if s["shard_id"] not in committed]
     prepared = Prepared(spec=spec, input_root=root, shards=shards, committed=committed, pending=pending,
                         new_keys=new_keys, retried_keys=retried, resumed=plan is not None,
-                        previous_spec=previous, notes=notes)
+                        previous_spec=previous, notes=notes, budget=budget)
     if not dry_run:
         if guard is not None:
             guard()
@@ -184,8 +242,9 @@ def _write_start(prepared: Prepared, *, overwrite: bool) -> None:
     }, opts)
     storage.write_json(storage.join(out, layout.PLAN_FILE), {
         "input": spec.input, "input_root": prepared.input_root, "shard_size": spec.shard_size,
-        "spec_hash": spec.spec_hash(), "updated": now,
-        "shards": [{"shard_id": s["shard_id"], "keys": s["keys"]} for s in prepared.shards],
+        "spec_hash": spec.spec_hash(), "updated": now, "shard_cost": prepared.budget,
+        "shards": [{"shard_id": s["shard_id"], "keys": s["keys"],
+                    **({"cost": s["cost"]} if "cost" in s else {})} for s in prepared.shards],
     }, opts)
 
 
@@ -197,7 +256,8 @@ def describe(prepared: Prepared, *, workers: int, model_calls: int) -> str:
         f"input:      {spec.input} (root {prepared.input_root})",
         f"output:     {spec.output}",
         f"task:       {spec.task} {spec.settings or ''} mode={spec.mode} model={spec.model}",
-        f"images:     {prepared.total_images} in {len(prepared.shards)} shards of <= {spec.shard_size}"
+        f"images:     {prepared.total_images} in {len(prepared.shards)} shards of <= {spec.shard_size} "
+        f"median-size images' cost"
         + (f" ({prepared.new_keys} new since the last run)" if spec.incremental else "")
         + (f" ({prepared.retried_keys} failed ones to run again)" if spec.retry_failed else ""),
         f"resume:     skips {len(prepared.committed)} committed shards ({done} images); "

@@ -10,18 +10,21 @@ from typing import TextIO
 class Progress:
     """Counts images as workers finish them and as shards commit.
 
-    `update(ok, failed)` when a shard commits; `running(n)` with the images the workers have finished
-    in shards not committed yet (reported by the dispatcher every few seconds); `close()` at the end.
-    On a TTY a tqdm bar; otherwise one line at most every `interval` seconds (and a last one), e.g.
-    ``[ddnm-batch] 120/400 images (3 failed) 2.10 img/s, ETA 2m13s``.
+    `update(ok, failed, cost)` when a shard commits; `running(n)` with the images the workers have
+    finished in shards not committed yet (reported by the dispatcher every few seconds); `close()` at
+    the end. With a cost (pixels x model calls per shard, jobs/sizes.py) the ETA counts cost, not
+    images, so a 40 MP scan weighs what it costs. On a TTY a tqdm bar; otherwise one line at most every
+    `interval` seconds (and a last one), e.g. ``[ddnm-batch] 120/400 images (3 failed) 2.10 img/s,
+    ETA 2m13s``.
     """
 
     def __init__(self, total: int, *, done: int = 0, stream: TextIO | None = None, interval: float = 10.0,
-                 tty: bool | None = None) -> None:
+                 tty: bool | None = None, cost_total: int | None = None, cost_done: int = 0) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.total, self.start_done, self.committed, self.failed = total, done, done, 0
         self.in_flight = 0
         self._high = done
+        self.cost_total, self.cost_start, self.cost_done = cost_total, cost_done, cost_done
         self.interval = interval
         self.t0 = self._last = time.monotonic()
         self._printed: tuple[int, int] | None = None
@@ -45,18 +48,32 @@ class Progress:
         elapsed = time.monotonic() - self.t0
         return (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
 
-    def line(self) -> str:
-        rate = self.rate()
-        left = self.total - self.done
-        eta = f"{int(left / rate // 60)}m{int(left / rate % 60):02d}s" if rate > 0 and left else "-"
-        return (f"[ddnm-batch] {self.done}/{self.total} images ({self.failed} failed) "
-                f"{rate:.2f} img/s, ETA {eta}")
+    def seconds_left(self) -> float | None:
+        """The ETA in seconds: cost left / cost rate when costs are known (running images at the mean
+        cost per image), else images left / img/s."""
+        elapsed = time.monotonic() - self.t0
+        if self.cost_total:
+            running = self.in_flight * self.cost_total / max(self.total, 1)
+            done = self.cost_done + running - self.cost_start
+            left = self.cost_total - self.cost_done - running
+        else:
+            done, left = self.done - self.start_done, self.total - self.done
+        return left * elapsed / done if done > 0 and left > 0 else None
 
-    def update(self, ok: int, failed: int) -> None:
-        """A shard committed with `ok` and `failed` images."""
+    def eta(self) -> str:
+        s = self.seconds_left()
+        return f"{int(s // 60)}m{int(s % 60):02d}s" if s is not None else "-"
+
+    def line(self) -> str:
+        return (f"[ddnm-batch] {self.done}/{self.total} images ({self.failed} failed) "
+                f"{self.rate():.2f} img/s, ETA {self.eta()}")
+
+    def update(self, ok: int, failed: int, cost: int = 0) -> None:
+        """A shard committed with `ok` and `failed` images, of `cost` (pixels x model calls)."""
         self.committed += ok + failed
         self.in_flight = max(0, self.in_flight - (ok + failed))  # they were counted as running
         self.failed += failed
+        self.cost_done += cost
         self._show()
 
     def running(self, finished: int) -> None:
@@ -70,7 +87,8 @@ class Progress:
                 self.bar.set_description_str("restoring")
                 self._waiting = False
             self.bar.update(self.done - self.bar.n)
-            self.bar.set_postfix(failed=self.failed)
+            extra = {"eta_by_cost": self.eta()} if self.cost_total else {}
+            self.bar.set_postfix(failed=self.failed, **extra)
         elif time.monotonic() - self._last >= self.interval:
             self._last = time.monotonic()
             self._print()

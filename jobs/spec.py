@@ -26,11 +26,13 @@ __all__ = ["JobError", "JobSpec", "SpecError", "parse_assignments", "parse_trave
 # different value on an existing output is refused unless --overwrite.
 RESULT_FIELDS = (
     "input", "task", "settings", "mask_url", "mode", "model", "checkpoint", "dtype", "steps",
-    "eta", "sigma_y", "travel", "samples", "seed", "panels",
+    "eta", "sigma_y", "travel", "samples", "seed", "panels", "canvas", "tile", "tile_overlap",
 )
 # The perceptual metrics' weights change the metrics too; they join the hash only when a weights file is
 # given, so the hash of a job without them (and a resume of an output written before they existed) stays.
 PERCEPTUAL_FIELDS = ("lpips_weights", "lpips_net", "inception_weights")
+CANVAS_DEFAULTS = {"canvas": "auto", "tile": None, "tile_overlap": None}
+"""Result fields left out of the hash at their defaults, so outputs written before they existed resume."""
 _SECRET_WORDS = ("secret", "token", "password", "credential", "key")
 
 
@@ -167,6 +169,13 @@ class JobSpec(BaseModel):
     inception_weights: str | None = Field(None, description="FID Inception weights, path or URL (evaluate "
                                           "mode): FID and KID of the restored set vs the ground truth")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec storage options")
+    canvas: Literal["auto", "whole", "tiled", "maskshift"] = Field(
+        "auto", description="how images meet the model: whole canvas, overlapping tiles with one global "
+        "projection, or mask-shift windows; auto = whole at the model's native size, else tiled")
+    tile: int | None = Field(None, ge=8, description="tile / window side in px; None = the model's "
+                             "native size")
+    tile_overlap: int | None = Field(None, ge=0, description="px shared by neighbouring tiles; None = "
+                                     "tile/4 (tiled), tile/2 (mask-shift)")
 
     @field_validator("travel", mode="before")
     @classmethod
@@ -227,6 +236,12 @@ class JobSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _tiles(self) -> JobSpec:
+        if self.tile is not None and self.tile_overlap is not None and self.tile_overlap >= self.tile:
+            raise SpecError(f"tile_overlap={self.tile_overlap}: must be smaller than tile={self.tile}")
+        return self
+
+    @model_validator(mode="after")
     def _settings(self) -> JobSpec:
         known = task_settings(self.task)
         if known is None:  # a custom operator that declares no settings: take them as given
@@ -282,6 +297,8 @@ class JobSpec(BaseModel):
         if self.lpips_weights or self.inception_weights:
             fields.update({name: dumped[name] for name in PERCEPTUAL_FIELDS})
         return fields
+        return {name: dumped[name] for name in RESULT_FIELDS
+                if not (name in CANVAS_DEFAULTS and dumped[name] == CANVAS_DEFAULTS[name])}
 
     def spec_hash(self) -> str:
         text = json.dumps(self.result_fields(), sort_keys=True, separators=(",", ":"))
@@ -317,6 +334,7 @@ class JobSpec(BaseModel):
             seed=self.seed, panels=self.panels, threads=self.threads,
             lpips_weights=self.lpips_weights, lpips_net=self.lpips_net,
             inception_weights=self.inception_weights,
+            canvas=self.canvas, tile=self.tile, tile_overlap=self.tile_overlap,
         )
 
 

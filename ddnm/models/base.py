@@ -76,6 +76,7 @@ class EpsModel(nn.Module):
         if family is not None:
             self.family = family
         self.image_size = image_size
+        self.any_size = False  # set by ddnm.models.build from the registry (ModelInfo.any_size)
         self.in_channels = int(in_channels)
         self.dtype = dtype
         self.checkpoint = checkpoint

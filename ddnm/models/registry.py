@@ -51,6 +51,9 @@ class ModelInfo:
     """The noise schedule the network was trained with (travels with the built model)."""
     num_timesteps: int = 1000
     """T of that schedule."""
+    any_size: bool = False
+    """Whether the network was trained to run whole canvases of other sizes than its native one (fully
+    convolutional, trained on crops); else other sizes are restored on tiles of the native size."""
 
     @property
     def params(self) -> int | None:
@@ -105,6 +108,7 @@ REGISTRY: dict[str, ModelInfo] = {
             image_size=None,
             description="small ADM trained for this project, weights bundled (ddnm/models/weights)",
             default_weights="bundled",
+            any_size=True,
         ),
         ModelInfo(
             name="tiny",
@@ -167,8 +171,17 @@ def _meta_small_prior() -> EpsModel | None:
         return None
 
 
+def accepted_sizes(info: ModelInfo, image_size: int | None) -> str:
+    """What sizes a model takes, in words (``models`` listing): every size, and how."""
+    native = f"{image_size}x{image_size}" if image_size else "its native size"
+    if info.any_size:
+        return f"any: whole canvas up to 512x512 px, tiled ({native} tiles) above"
+    return f"any: whole at {native}, tiled ({native} tiles) otherwise"
+
+
 def list_models() -> list[dict]:
-    """``[{"name", "family", "params", "image_size", "description"}]`` for ``python -m ddnm models``."""
+    """``[{"name", "family", "params", "image_size", "accepts", "description"}]`` for
+    ``python -m ddnm models`` (``image_size``: the native size)."""
     rows = []
     for info in REGISTRY.values():
         image_size = info.image_size
@@ -181,6 +194,7 @@ def list_models() -> list[dict]:
                 "family": info.family,
                 "params": info.params,
                 "image_size": image_size,
+                "accepts": accepted_sizes(info, image_size),
                 "description": info.description,
             }
         )
@@ -227,6 +241,7 @@ def build(
     model = builder(info, checkpoint, device=device, dtype=dtype, channels_last=channels_last,
                     class_label=class_label, seed=seed)
     model.schedule, model.num_timesteps = info.schedule, info.num_timesteps
+    model.any_size = info.any_size
     return model
 
 

@@ -311,7 +311,9 @@ def test_class_conditional_adapter_uses_fixed_or_given_labels():
 def test_list_models_meta_counts():
     rows = {r["name"]: r for r in models.list_models()}
     assert set(rows) >= {"adm-256-uncond", "adm-256-cond", "adm-ffhq-256", "ddpm-celebahq-256", "tiny"}
-    assert set(rows["tiny"]) == {"name", "family", "params", "image_size", "description"}
+    assert set(rows["tiny"]) == {"name", "family", "params", "image_size", "accepts", "description"}
+    assert rows["tiny"]["accepts"] == "any: whole at 16x16, tiled (16x16 tiles) otherwise"
+    assert rows["small-prior"]["accepts"].startswith("any: whole canvas up to 512x512 px")
     assert rows["adm-256-cond"]["params"] == 553_838_086
     assert rows["ddpm-celebahq-256"]["params"] == 113_673_219
     assert rows["tiny"]["params"] == 209_382

@@ -163,11 +163,13 @@ def test_overwrite_starts_fresh(inputs, tmp_path):
     assert json.loads((out / "_spec.json").read_text())["result_fields"]["steps"] == 5
 
 
-def test_scale_not_dividing_image_refused_before_writing(inputs, tmp_path):
+def test_scale_larger_than_image_refused_before_writing(inputs, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(JobError, match=r"sr_avgpool.*16x16.*scale"):
-        plan_mod.prepare(spec_for(inputs, out, set=["scale=3"]))
+        plan_mod.prepare(spec_for(inputs, out, set=["scale=32"]))
     assert not out.exists()
+    # a scale that does not divide the sides: evaluate mode modcrops the ground truth (16 -> 15)
+    assert plan_mod.prepare(spec_for(inputs, out, set=["scale=3"]), dry_run=True).shards
 
 
 def test_missing_mask_and_checkpoint_refused(inputs, tmp_path):
@@ -254,10 +256,16 @@ def test_rerun_with_pending_work_removes_stale_manifest(inputs, tmp_path):
     assert not (out / "_manifest.json").exists()
 
 
-def test_model_size_mismatch_refused(tmp_path):
+def test_model_size_mismatch_refused_only_for_a_whole_canvas(tmp_path):
     png(tmp_path / "in" / "big.png", size=32)
-    with pytest.raises(JobError, match=r"model tiny restores 16x16 images; the input images are 32x32"):
-        plan_mod.prepare(spec_for(tmp_path / "in", tmp_path / "out"), dry_run=True)
+    with pytest.raises(JobError, match=r"model tiny restores 16x16 images whole; the input images are 32x32"):
+        plan_mod.prepare(spec_for(tmp_path / "in", tmp_path / "out", canvas="whole"), dry_run=True)
+    assert plan_mod.prepare(spec_for(tmp_path / "in", tmp_path / "out"), dry_run=True).shards
+    with pytest.raises(JobError, match=r"--tile 9: must be a multiple of model tiny's stride 2"):
+        plan_mod.prepare(spec_for(tmp_path / "in", tmp_path / "out", tile=9, tile_overlap=2), dry_run=True)
+    with pytest.raises(JobError, match=r"--canvas maskshift: task sr_bicubic"):
+        plan_mod.prepare(spec_for(tmp_path / "in", tmp_path / "out", canvas="maskshift", task="sr_bicubic"),
+                         dry_run=True)
 
 
 def test_mask_of_wrong_size_refused(inputs, tmp_path):

@@ -23,7 +23,8 @@ def test_defaults_and_worker_config_contract():
     assert {f.name for f in dataclasses.fields(cfg)} == {
         "input_url", "output_url", "storage_options", "mode", "task", "task_settings", "mask_url", "model",
         "checkpoint", "dtype", "steps", "eta", "sigma_y", "travel", "samples", "batch_size", "seed", "panels",
-        "threads", "lpips_weights", "lpips_net", "inception_weights"}
+        "threads", "lpips_weights", "lpips_net", "inception_weights",
+        "canvas", "tile", "tile_overlap"}
     assert cfg.task_settings == {"scale": 4} and isinstance(cfg.task_settings["scale"], int)
     assert cfg.travel == (1, 1, 1) and cfg.mode == "evaluate"
     assert spec.to_worker_config(input_url="s3://b/root").input_url == "s3://b/root"
