@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddnm.restoration import MODES, Canvas, Task
+from ddnm.canvas import Canvas
+from ddnm.restoration import MODES, Task
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,7 +57,7 @@ class WorkerConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options for every URL above."""
     canvas: str = "auto"
-    """How images meet the model: auto, whole, tiled, maskshift (``ddnm.restoration.Canvas``)."""
+    """How images meet the model: auto, whole, tiled, maskshift (``ddnm.canvas.Canvas``)."""
     tile: int | None = None
     """Tile / window side; None: the model's native size."""
     tile_overlap: int | None = None

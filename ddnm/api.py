@@ -88,7 +88,7 @@ def restore(
     samples: K samples per image in one batched pass; ``images`` is their mean, ``std`` their spread.
     keys: one string per image for its random streams (default "0", "1", ...); seed: the run's seed.
     callback(step_index, t, x0_hat) sees every step's x0_hat of the B*K batch ([-1, 1] scale).
-    canvas: how images of any size meet the model, a :class:`~ddnm.restoration.Canvas` or its kind
+    canvas: how images of any size meet the model, a :class:`~ddnm.canvas.Canvas` or its kind
       ("auto" (default), "whole", "tiled", "maskshift"); the batch worker runs the same setting.
     """
     from ddnm import models

@@ -14,7 +14,8 @@ from PIL import Image, ImageCms
 
 from cluster import archival
 from cluster.images import _png16, decode_image_meta, encode_png
-from ddnm.restoration import Canvas, Task
+from ddnm.canvas import Canvas
+from ddnm.restoration import Task
 from jobs import plan as plan_mod
 from jobs.spec import JobSpec
 
