@@ -214,7 +214,7 @@ def test_driver_killed_then_resumed(s3, ray_local, capsys):
 
 @pytest.mark.parametrize("case,extra,message", [
     ("unknown task", ["--task", "sr_magic"], r"task='sr_magic': unknown task; known tasks:"),
-    ("scale", ["--task", "sr_avgpool", "--set", "scale=3"], r"sr_avgpool on the input images \(16x16"),
+    ("scale", ["--task", "sr_avgpool", "--set", "scale=32"], r"sr_avgpool on the input images \(16x16"),
     ("missing mask", ["--task", "inpaint", "--set", f"mask=s3://{BUCKET}/masks/nomask.png"],
      rf"--set mask=s3://{BUCKET}/masks/nomask.png: not found"),
     ("bucket", ["--task", "sr_avgpool", "--input", "s3://no-such-bucket-xyz/in"],
