@@ -83,6 +83,7 @@ class RestoreWorker:
         self._shared_mask = self._load_shared_mask()
         self._batch_sizes: dict[tuple, int] = {}
         self._finished: dict[int, int] = {}  # shard id -> images finished so far (restored or failed)
+        self._first_batch_out = False
 
     def _make_sampler(self):
         """The accelerator side (`cluster.restorer.BatchRestorer`); tests may swap in a stand-in."""
@@ -177,8 +178,9 @@ class RestoreWorker:
                     rows[i]["modcrop"] = f"{w0}x{h0} -> {w}x{h}"
                 group = groups.setdefault(tuple(item.image.shape), [])
                 group.append(item)
-                if len(group) >= self._batch_size(tuple(item.image.shape)):
-                    out.put(groups.pop(tuple(item.image.shape)))
+                if len(group) >= self._batch_size(tuple(item.image.shape)) or not self._first_batch_out:
+                    self._first_batch_out = True  # the worker's very first batch is one image:
+                    out.put(groups.pop(tuple(item.image.shape)))  # a first result in seconds
             for group in groups.values():
                 out.put(group)
         except BaseException as e:  # never leave the sampler waiting

@@ -240,11 +240,20 @@ def _cuda_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def plan_workers(spec: JobSpec, gpus: float) -> tuple[int, float]:
-    """(workers, gpus per worker): default one worker per GPU, one worker without GPUs."""
+CPU_WORKERS_MAX = 4
+"""Without GPUs, one worker per CPU up to this many (each one loads the model and takes a CPU)."""
+
+
+def plan_workers(spec: JobSpec, gpus: float, cpus: float | None = None) -> tuple[int, float]:
+    """(workers, gpus per worker): default one worker per GPU; without GPUs one per `cpus_per_worker`
+    CPUs of the machine (or cluster), at most CPU_WORKERS_MAX."""
     gpw = spec.gpus_per_worker if spec.gpus_per_worker is not None else (1.0 if gpus else 0.0)
-    workers = spec.workers or (max(1, int(gpus // gpw)) if gpw > 0 and gpus else 1)
-    return workers, gpw
+    if spec.workers:
+        return spec.workers, gpw
+    if gpw > 0 and gpus:
+        return max(1, int(gpus // gpw)), gpw
+    cpus = (os.cpu_count() or 1) if cpus is None else cpus
+    return max(1, min(CPU_WORKERS_MAX, int(cpus // spec.cpus_per_worker))), gpw
 
 
 def _start_ray(spec: JobSpec) -> tuple[int, float, bool]:
@@ -269,8 +278,17 @@ def _start_ray(spec: JobSpec) -> tuple[int, float, bool]:
         except RuntimeError as exc:
             raise JobError(str(exc)) from None
         started = True
-    workers, gpw = plan_workers(spec, ray.cluster_resources().get("GPU", 0))
+    res = ray.cluster_resources()
+    workers, gpw = plan_workers(spec, res.get("GPU", 0), res.get("CPU", 1))
     return workers, gpw, started
+
+
+def _expected_workers(spec: JobSpec) -> int | None:
+    """How many workers the run will have, when that is known before Ray starts (a local Ray, or
+    --workers); None when joining a cluster that decides."""
+    if spec.workers:
+        return spec.workers
+    return plan_workers(spec, _cuda_count())[0] if spec.address is None else None
 
 
 def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
@@ -281,9 +299,10 @@ def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
     from jobs.lease import Lease
 
     if dry_run:
-        prepared = plan_mod.prepare(spec, dry_run=True)
+        workers = _expected_workers(spec)
+        prepared = plan_mod.prepare(spec, dry_run=True, workers=workers)
         spec = prepared.spec
-        workers = plan_workers(spec, _cuda_count())[0] if spec.address is None else (spec.workers or "auto")
+        workers = workers or "auto"
         print(plan_mod.describe(prepared, workers=workers, model_calls=spec.model_calls()))
         return EXIT_OK
     lease = Lease(spec.output, spec.storage_options, ttl=spec.lease_ttl, log=_log)
@@ -299,7 +318,7 @@ def _run_held(spec: JobSpec, lease) -> int:
     from jobs import plan as plan_mod
     from jobs.progress import Progress
 
-    prepared = plan_mod.prepare(spec, guard=lease.check)
+    prepared = plan_mod.prepare(spec, guard=lease.check, workers=_expected_workers(spec))
     spec = prepared.spec
     opts, out = spec.storage_options, spec.output
     t0 = time.time()

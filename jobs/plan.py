@@ -58,14 +58,21 @@ def _costs(spec: JobSpec, root: str, keys: list[str]) -> dict[str, int]:
                              tile=int(spec.tile or native or 256), model_calls=spec.model_calls())
 
 
-def _cut(spec: JobSpec, root: str, keys: list[str], *, first_id: int = 0,
-         budget: int | None = None) -> tuple[list[dict[str, Any]], int]:
-    """Shards of `keys` by cost -> (shards, the budget used: the given one, else from these keys)."""
+def _cut(spec: JobSpec, root: str, keys: list[str], *, first_id: int = 0, budget: int | None = None,
+         workers: int | None = None) -> tuple[list[dict[str, Any]], int]:
+    """Shards of `keys` by cost -> (shards, the budget: the given one, else from these keys).
+
+    With `workers`, a batch of keys too small to give every worker a full shard is cut into
+    `workers` shards or more, so that none idles from the start (the returned budget, which later
+    --incremental runs reuse, is the full one)."""
     if not keys:
         return [], budget or 1
     costs = _costs(spec, root, keys)
     budget = budget or sizes.shard_budget(costs, spec.shard_size)
-    return make_shards(keys, spec.shard_size, first_id=first_id, costs=costs, budget=budget), budget
+    cut = budget
+    if workers and workers > 1:  # ceil(n / workers) images of the median cost per shard
+        cut = min(budget, sizes.shard_budget(costs, -(-len(keys) // workers)))
+    return make_shards(keys, spec.shard_size, first_id=first_id, costs=costs, budget=cut), budget
 
 
 def shard_cost(shard: dict[str, Any]) -> int:
@@ -122,10 +129,12 @@ def spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return diffs
 
 
-def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] | None = None) -> Prepared:
+def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] | None = None,
+            workers: int | None = None) -> Prepared:
     """Check the spec against the storage and the output, plan, and (unless dry_run) write the
     spec and plan files. Raises JobError naming the problem before any work. `guard()` runs before
-    the first write (the lease check: it raises if this run no longer holds the output)."""
+    the first write (the lease check: it raises if this run no longer holds the output). `workers`:
+    how many will run, when known, so that a small batch of new keys is spread over all of them."""
     opts = spec.storage_options
     out = spec.output
     if _read(storage.isfile, out, opts):
@@ -152,7 +161,7 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
             planned = {k for s in shards for k in s["keys"]}
             fresh = [k for k in keys if k not in planned]
             first = max((s["shard_id"] for s in shards), default=-1) + 1
-            added, budget = _cut(spec, root, fresh, first_id=first, budget=budget or None)
+            added, budget = _cut(spec, root, fresh, first_id=first, budget=budget or None, workers=workers)
             shards = shards + added
             new_keys = len(fresh)
     else:
@@ -160,7 +169,7 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
         root, keys = inputs.list_inputs(spec.input, opts, exclude=_excluded(spec))
         if not keys:
             raise JobError(f"input {spec.input}: no images found ({inputs.describe_extensions()})")
-        shards, budget = _cut(spec, root, keys)
+        shards, budget = _cut(spec, root, keys, workers=workers)
     _check_output_names(shards)
     spec = check_against_data(spec, root, [k for s in shards for k in s["keys"]], notes)
     committed = _read(layout.committed_ids, out, opts) if reuse else set()
@@ -169,7 +178,7 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
         queued = {k for sh in shards if sh["shard_id"] not in committed for k in sh["keys"]}
         failed = [k for k in _failed_keys(out, opts, committed) if k not in queued]  # not twice
         first = max((s["shard_id"] for s in shards), default=-1) + 1
-        added, budget = _cut(spec, root, failed, first_id=first, budget=budget or None)
+        added, budget = _cut(spec, root, failed, first_id=first, budget=budget or None, workers=workers)
         shards = shards + added
         retried = len(failed)
     pending = [{**s, "attempt": 0} for s in shards if s["shard_id"] not in committed]

@@ -6,6 +6,9 @@ import sys
 import time
 from typing import TextIO
 
+QUIET_WAIT = 5.0
+"""Seconds of waiting for workers that pass without a word (a local actor loads its model in ~3 s)."""
+
 
 class Progress:
     """Counts images as workers finish them and as shards commit.
@@ -94,7 +97,10 @@ class Progress:
             self._print()
 
     def waiting(self, ready: int, wanted: int, seconds: float) -> None:
-        """While no worker can take work: "waiting for N workers: k ready (GPU nodes scaling up)"."""
+        """While no worker can take work: "waiting for N workers: k ready (GPU nodes scaling up)",
+        once the wait outlasts an ordinary actor start (QUIET_WAIT seconds)."""
+        if seconds < QUIET_WAIT:
+            return
         text = f"waiting for {wanted} workers: {ready} ready (GPU nodes scaling up), {seconds:.0f} s"
         if self.bar is not None:
             self.bar.set_description_str(text)

@@ -85,11 +85,11 @@ def test_worker_start_timeout_reaches_the_dispatcher(tmp_path, ray_local, capsys
     t0 = time.monotonic()
     code = main(["run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--task",
                  "sr_avgpool", "--set", "scale=2", "--model", "tiny", "--checkpoint", "random",
-                 "--steps", "2", "--gpus-per-worker", "3", "--workers", "1", "--worker-start-timeout", "4"])
+                 "--steps", "2", "--gpus-per-worker", "3", "--workers", "1", "--worker-start-timeout", "7"])
     waited = time.monotonic() - t0
     err = capsys.readouterr().err
-    assert code == 1 and waited >= 4
+    assert code == 1 and waited >= 7
     assert "waiting for 1 workers: 0 ready (GPU nodes scaling up)" in err
-    assert "ddnm-batch: error: no restore worker was ready within 4 s (--worker-start-timeout); " \
+    assert "ddnm-batch: error: no restore worker was ready within 7 s (--worker-start-timeout); " \
            "waited for 1, each needing 3 GPU and 1 CPU; the cluster has 2 CPU, 2 GPU" in err
     assert not os.path.exists(tmp_path / "out" / "_lease.json")

@@ -139,7 +139,19 @@ def test_batch_failure_falls_back_to_one_by_one(tmp_path):
     assert rows["small.png"]["error"].startswith("small.png: wrong size")
     assert (rows["small.png"]["in_height"], rows["small.png"]["in_width"]) == (8, 16)
     assert rows["gone.png"]["error"] == "gone.png: file not found"
-    assert w.sampler.calls == [1, 1, 1]  # the batch of 4 failed, then one by one
+    assert w.sampler.calls == [1, 1, 1]  # the first image alone; a batch of 3 failed, then one by one
+
+
+def test_the_first_batch_of_a_worker_is_one_image(tmp_path):
+    """A first result in seconds: the worker's very first batch holds one image, later ones are full."""
+    inp = str(tmp_path / "in")
+    keys = [f"k{i}.png" for i in range(9)]
+    for k in keys:
+        storage.write_bytes(storage.join(inp, k), images.encode_png(torch.rand(3, 16, 16)))
+    w = stub_worker()(config(inp, str(tmp_path / "out"), batch_size=4))
+    w.restore_shard({"shard_id": 0, "keys": keys[:5]})
+    w.restore_shard({"shard_id": 1, "keys": keys[5:]})
+    assert w.sampler.calls == [1, 4, 4]
 
 
 def test_failed_write_is_a_failed_row(tmp_path):

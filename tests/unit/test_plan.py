@@ -301,3 +301,14 @@ def test_output_that_is_a_file_refused_in_words(inputs, tmp_path, dry_run):
     with pytest.raises(JobError, match=r"^output .*out.txt is a file, not a folder; give a folder"):
         plan_mod.prepare(spec_for(inputs, out), dry_run=dry_run)
     assert out.read_text() == "keep me"
+
+
+def test_a_small_job_gives_every_worker_a_shard(tmp_path):
+    root = tmp_path / "in"
+    for i in range(10):
+        png(root / f"p{i}.png", seed=i)
+    one = plan_mod.prepare(spec_for(root, tmp_path / "a", shard_size=32), dry_run=True)
+    assert [len(s["keys"]) for s in one.shards] == [10]
+    two = plan_mod.prepare(spec_for(root, tmp_path / "b", shard_size=32), dry_run=True, workers=2)
+    assert sorted(len(s["keys"]) for s in two.shards) == [5, 5]
+    assert two.budget == one.budget  # what --incremental reuses stays the full shard
