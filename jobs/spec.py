@@ -133,7 +133,9 @@ class JobSpec(BaseModel):
     settings: dict[str, Any] = Field(default_factory=dict, description="the task's settings (--set k=v)")
     mask_url: str | None = Field(None, description="a prefix holding one mask per image under its key; "
                                  "None = no mask folder")
-    mode: Literal["evaluate", "restore"] = Field("evaluate", description="inputs: truth or observed")
+    mode: Literal["evaluate", "restore"] = Field("restore", description="restore: the inputs are the photos "
+                                                 "to restore, as they are; evaluate: the inputs are ground "
+                                                 "truth, degraded here and scored")
     model: str = Field("small-prior", description="a model from `ddnm-batch models`")
     checkpoint: str | None = Field(None, description="a checkpoint path/URL, or 'random' (random weights); "
                                    "None = the model's bundled weights")

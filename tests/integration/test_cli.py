@@ -161,7 +161,8 @@ def test_a_normal_run_prints_only_its_own_lines(tmp_path):
     src.mkdir()
     for i in range(2):
         Image.fromarray(np.full((16, 16, 3), 60 * i, np.uint8)).save(src / f"{i}.png")
-    res = cli("run", "--input", str(src), "--output", str(tmp_path / "out"), "--task", "sr_avgpool", "--set",
+    res = cli("run", "--mode", "evaluate",
+              "--input", str(src), "--output", str(tmp_path / "out"), "--task", "sr_avgpool", "--set",
               "scale=2", "--model", "tiny", "--checkpoint", "random", "--steps", "2", "--workers", "1",
               env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
@@ -226,7 +227,8 @@ def test_sigterm_stops_like_ctrl_c(tmp_path):
         Image.fromarray(np.full((16, 16, 3), 20 * i, np.uint8)).save(src / f"{i:02d}.png")
     ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths live under it
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_TMPDIR": ray_tmp}
-    argv = ["run", "--input", str(src), "--output", str(out), "--task", "sr_avgpool", "--set", "scale=2",
+    argv = ["run", "--mode", "evaluate",
+            "--input", str(src), "--output", str(out), "--task", "sr_avgpool", "--set", "scale=2",
             "--model", "tiny", "--checkpoint", "random", "--steps", "300", "--shard-size", "1",
             "--workers", "1"]
     proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", *argv], cwd=ROOT, env=env, text=True,

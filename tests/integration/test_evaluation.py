@@ -54,7 +54,8 @@ def _random_lpips(path) -> str:
 
 
 def _run(src, out, lpips_w, inc_w, *, steps, extra=()):
-    return main(["run", "--input", str(src), "--output", str(out), "--task", "sr_avgpool", "--set", "scale=2",
+    return main(["run", "--mode", "evaluate",
+                 "--input", str(src), "--output", str(out), "--task", "sr_avgpool", "--set", "scale=2",
                  "--model", "small-prior", "--steps", str(steps), "--samples", "2", "--panels",
                  "--workers", "2", "--gpus-per-worker", "1", "--shard-size", "2", "--threads", "1",
                  "--lpips-weights", lpips_w, "--inception-weights", inc_w, *extra])
@@ -161,7 +162,8 @@ def test_fid_kid_of_the_resumed_two_worker_job_equal_direct_and_one_process_valu
 
 
 def test_missing_weights_file_is_one_line_naming_it(runs, capsys, tmp_path):
-    code = main(["run", "--input", str(runs["src"]), "--output", str(tmp_path / "o"), "--task", "sr_avgpool",
+    code = main(["run", "--mode", "evaluate",
+                 "--input", str(runs["src"]), "--output", str(tmp_path / "o"), "--task", "sr_avgpool",
                  "--set", "scale=2", "--model", "small-prior", "--steps", "2",
                  "--inception-weights", str(tmp_path / "weights-inception-2015-12-05-6726825d.pth")])
     err = capsys.readouterr().err.strip()

@@ -15,7 +15,7 @@ from jobs.progress import Progress
 
 pytestmark = pytest.mark.integration
 
-TINY = ["--model", "tiny", "--checkpoint", "random", "--steps", "2"]
+TINY = ["--model", "tiny", "--checkpoint", "random", "--steps", "2", "--mode", "evaluate"]
 
 
 def save_png(path, size, seed, mode="RGB"):
@@ -61,7 +61,7 @@ def test_restore_mode_from_low_res(tmp_path, ray_local):
         save_png(src / f"lr{i}.png", 4, i)
     out = tmp_path / "out"
     code = main(["run", "--input", str(src), "--output", str(out), "--task", "sr_avgpool", "--set", "scale=4",
-                 "--mode", "restore", *TINY, "--workers", "1", "--gpus-per-worker", "1"])
+                 *TINY, "--mode", "restore", "--workers", "1", "--gpus-per-worker", "1"])
     assert code == 0
     df = pd.read_parquet(out / "metrics.parquet")
     assert len(df) == 3 and (df["status"] == "ok").all()

@@ -25,7 +25,7 @@ from jobs.cli import main
 pytestmark = pytest.mark.integration
 
 BUCKET = "jobs-it"
-TINY = ["--model", "tiny", "--checkpoint", "random", "--steps", "2", "--set", "scale=4"]
+TINY = ["--model", "tiny", "--checkpoint", "random", "--steps", "2", "--set", "scale=4", "--mode", "evaluate"]
 CORRUPT = {"c_empty.png": "empty file", "c_text.jpg": "not an image", "c_trunc.png": "truncated"}
 
 
@@ -227,7 +227,7 @@ def test_bad_specs_fail_before_any_work(s3, capsys, case, extra, message):
         put_inputs(s3, "bad/in", 2)
     out = f"{BUCKET}/bad/out-{case.replace(' ', '-')}"
     argv = ["run", "--input", f"s3://{BUCKET}/bad/in", "--output", f"s3://{out}", "--model", "tiny",
-            "--checkpoint", "random", "--steps", "2", *extra]
+            "--checkpoint", "random", "--steps", "2", "--mode", "evaluate", *extra]
     capsys.readouterr()
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()

@@ -41,7 +41,8 @@ def test_two_runs_on_one_output(where, tmp_path, s3_server, ray_local, capsys):
         root, opts = str(tmp_path), {}
     inp, out = f"{root}/in", f"{root}/out"
     _inputs(inp, opts)
-    args = ["run", "--input", inp, "--output", out, "--task", "sr_avgpool", "--set", "scale=2",
+    args = ["run", "--mode", "evaluate",
+            "--input", inp, "--output", out, "--task", "sr_avgpool", "--set", "scale=2",
             "--model", "tiny", "--checkpoint", "random", "--steps", "8", "--shard-size", "2",
             "--gpus-per-worker", "1", "--incremental"]
     address = ray_local.get_runtime_context().gcs_address
@@ -83,7 +84,8 @@ def test_worker_start_timeout_reaches_the_dispatcher(tmp_path, ray_local, capsys
     time, says what it waits for, then fails with exit 1 and one line."""
     _inputs(str(tmp_path / "in"), {})
     t0 = time.monotonic()
-    code = main(["run", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--task",
+    code = main(["run", "--mode", "evaluate",
+                 "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--task",
                  "sr_avgpool", "--set", "scale=2", "--model", "tiny", "--checkpoint", "random",
                  "--steps", "2", "--gpus-per-worker", "3", "--workers", "1", "--worker-start-timeout", "7"])
     waited = time.monotonic() - t0

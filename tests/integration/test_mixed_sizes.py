@@ -65,7 +65,8 @@ def _check(out):
 
 def test_mixed_sizes_on_a_random_public_architecture(mixed, tmp_path, ray_local):
     out = tmp_path / "tiny"
-    code = main(["run", "--input", str(mixed), "--output", str(out), "--task", "sr_avgpool",
+    code = main(["run", "--mode", "evaluate",
+                 "--input", str(mixed), "--output", str(out), "--task", "sr_avgpool",
                  "--set", "scale=4", "--model", "tiny", "--checkpoint", "random", "--steps", "2",
                  "--tile", "32",
                  "--tile-overlap", "8", "--workers", "1", "--gpus-per-worker", "1", "--shard-size", "2"])
@@ -82,7 +83,8 @@ def test_mixed_sizes_on_a_random_public_architecture(mixed, tmp_path, ray_local)
 
 def test_mixed_sizes_on_the_bundled_prior(mixed, tmp_path, ray_local):
     out = tmp_path / "prior"
-    code = main(["run", "--input", str(mixed), "--output", str(out), "--task", "sr_avgpool",
+    code = main(["run", "--mode", "evaluate",
+                 "--input", str(mixed), "--output", str(out), "--task", "sr_avgpool",
                  "--set", "scale=4", "--steps", "2", "--workers", "1", "--gpus-per-worker", "1",
                  "--canvas", "tiled",
                  "--tile", "64", "--tile-overlap", "16"])

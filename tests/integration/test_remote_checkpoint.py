@@ -70,7 +70,8 @@ def test_job_with_an_s3_checkpoint(s3_ckpt, ray_local, tmp_path, capsys):
     for i in range(2):
         Image.new("RGB", (16, 16), (40 * i, 90, 200)).save(inp / f"im{i}.png")
     out = tmp_path / "out"
-    base = ["run", "--input", str(inp), "--output", str(out), "--task", "sr_avgpool", "--set", "scale=4",
+    base = ["run", "--mode", "evaluate",
+            "--input", str(inp), "--output", str(out), "--task", "sr_avgpool", "--set", "scale=4",
             "--model", "tiny", "--steps", "2", "--workers", "1"]
     assert main(base + ["--checkpoint", url]) == 0
     table = pd.read_parquet(out / "metrics.parquet")

@@ -34,7 +34,7 @@ def inputs(tmp_path):
 
 def spec_for(inputs, out, **kw):
     base = {"input": str(inputs), "output": str(out), "task": "sr_avgpool", "set": ["scale=4"],
-            "model": "tiny", "checkpoint": "random", "steps": 3, "shard_size": 3}
+            "mode": "evaluate", "model": "tiny", "checkpoint": "random", "steps": 3, "shard_size": 3}
     return JobSpec.build(**{**base, **kw})
 
 

@@ -26,7 +26,7 @@ def test_defaults_and_worker_config_contract():
         "threads", "lpips_weights", "lpips_net", "inception_weights",
         "canvas", "tile", "tile_overlap"}
     assert cfg.task_settings == {"scale": 4} and isinstance(cfg.task_settings["scale"], int)
-    assert cfg.travel == (1, 1, 1) and cfg.mode == "evaluate"
+    assert cfg.travel == (1, 1, 1) and cfg.mode == "restore"  # a user's own photos are restored as they are
     assert spec.to_worker_config(input_url="s3://b/root").input_url == "s3://b/root"
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.steps = 3  # frozen: what the driver sent is what every worker runs
@@ -123,7 +123,7 @@ def test_hash_covers_result_fields_only():
     a = build(set=["scale=4"])
     assert a.spec_hash() == build(set=["scale=4"], workers=8, address="ray://x:1", overwrite=True,
                                   incremental=True, shard_size=3, batch_size=2).spec_hash()
-    for change in ({"steps": 7}, {"set": ["scale=2"]}, {"seed": 1}, {"eta": 0.5}, {"mode": "restore"},
+    for change in ({"steps": 7}, {"set": ["scale=2"]}, {"seed": 1}, {"eta": 0.5}, {"mode": "evaluate"},
                    {"travel": "2,2,2"}, {"input": "other"}, {"checkpoint": None, "model": "small-prior"}):
         assert build(**{"set": ["scale=4"], **change}).spec_hash() != a.spec_hash(), change
 
@@ -170,9 +170,9 @@ def test_local_paths_made_absolute(tmp_path, monkeypatch):
 
 
 def test_perceptual_weights_need_evaluate_mode_and_join_the_hash_only_when_given():
-    plain = build(set=["scale=4"])
+    plain = build(set=["scale=4"], mode="evaluate")
     assert "lpips_weights" not in plain.result_fields()  # old outputs keep their hash
-    with_lpips = build(set=["scale=4"], lpips_weights="w/alex.pth", lpips_net="vgg")
+    with_lpips = build(set=["scale=4"], mode="evaluate", lpips_weights="w/alex.pth", lpips_net="vgg")
     assert with_lpips.result_fields()["lpips_net"] == "vgg" and with_lpips.spec_hash() != plain.spec_hash()
     assert with_lpips.lpips_weights.endswith("/w/alex.pth")  # local paths absolute, as checkpoints
     cfg = with_lpips.to_worker_config()
