@@ -158,16 +158,20 @@ class BatchRestorer:
             return max(1, min(MAX_BATCH_SIZE, int(0.3 * free / canvas_bytes(x_shape, self.config.samples))))
         if self.device.type != "cuda":
             return CPU_BATCH_SIZE
+        per_image = self._forward_peak(x_shape) * 2  # x_t, x0, eps, ...
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, min(MAX_BATCH_SIZE, int(0.6 * free / per_image) // self.config.samples))
+
+    def _forward_peak(self, shape: tuple) -> int:
+        """Peak accelerator bytes of one batch-of-one model call on zeros of `shape` (CUDA only)."""
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         with torch.no_grad():
-            x = torch.zeros(1, *x_shape, device=self.device, dtype=self.dtype)
+            x = torch.zeros(1, *shape, device=self.device, dtype=self.dtype)
             self.model(x, torch.full((1,), 500, device=self.device, dtype=torch.long))
-        per_image = max(torch.cuda.max_memory_allocated(self.device) - base, 1) * 2  # x_t, x0, eps, ...
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return max(1, min(MAX_BATCH_SIZE, int(0.6 * free / per_image) // self.config.samples))
+        return max(torch.cuda.max_memory_allocated(self.device) - base, 1)
 
     def tile_batch(self) -> int:
         """Tiles per model call: CPU :data:`CPU_TILE_BATCH`; CUDA: half the free memory / the peak
@@ -177,14 +181,7 @@ class BatchRestorer:
                 self._tile_batch = CPU_TILE_BATCH
             else:
                 t = self.canvas.side(self.model)
-                torch.cuda.synchronize(self.device)
-                torch.cuda.empty_cache()
-                base = torch.cuda.memory_allocated(self.device)
-                torch.cuda.reset_peak_memory_stats(self.device)
-                with torch.no_grad():
-                    x = torch.zeros(1, self.model.in_channels, t, t, device=self.device, dtype=self.dtype)
-                    self.model(x, torch.full((1,), 500, device=self.device, dtype=torch.long))
-                per_tile = max(torch.cuda.max_memory_allocated(self.device) - base, 1)
+                per_tile = self._forward_peak((self.model.in_channels, t, t))
                 free, _ = torch.cuda.mem_get_info(self.device)
                 self._tile_batch = max(1, min(MAX_TILE_BATCH, int(0.5 * free / per_tile)))
         return self._tile_batch
