@@ -58,6 +58,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("tiles", "int64", "model inputs per step: 1 whole, else tiles (mask-shift: windows)", result=True),
     Column("modcrop", "string", "evaluate mode: the ground truth's top-left crop to the task's scale, "
            "`WxH -> wxh`, or null"),
+    Column("padded", "string", "evaluate mode: the canvas an operator of special sizes was built at "
+           "(block / Walsh CS), `WxH -> W'xH'` (padded by reflection, cropped back), or null"),
     Column("bit_depth", "int64", "bits per sample of the input (8 or 16); 16-bit inputs give 16-bit PNGs"),
     Column("icc_profile", "string", "the input's embedded colour profile (converted to sRGB), or null"),
 )

@@ -176,6 +176,10 @@ class RestoreWorker:
                 if tuple(item.image.shape[1:]) != in_size and self.config.mode == "evaluate":
                     (h0, w0), (h, w) = in_size, item.image.shape[1:]
                     rows[i]["modcrop"] = f"{w0}x{h0} -> {w}x{h}"
+                h, w = item.image.shape[1:]
+                H, W = self.sampler.x_shape(tuple(item.image.shape))[1:]
+                if (H, W) != (h, w) and self.config.mode == "evaluate":
+                    rows[i]["padded"] = f"{w}x{h} -> {W}x{H}"
                 group = groups.setdefault(tuple(item.image.shape), [])
                 group.append(item)
                 if len(group) >= self._batch_size(tuple(item.image.shape)) or not self._first_batch_out:

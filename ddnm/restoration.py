@@ -95,22 +95,30 @@ class Task:
 
     def modcrop(self, size: Sequence[int]) -> tuple[int, int]:
         """Evaluate mode's ground-truth crop: ``(H, W)`` -> the largest ``(h, w)`` whose sides the task's
-        ``scale`` / ``block`` divides (the top-left "modcrop" of SR papers); unchanged when they do."""
+        ``scale`` divides (the top-left "modcrop" of SR papers); unchanged when they do. (Operators
+        that need special sizes, block and Walsh CS, are padded instead: :meth:`padded_size`.)"""
         h, w = (int(v) for v in size)
         m = 1
-        for name in ("scale", "block"):
+        for name in ("scale",):
             v = self.settings.get(name, TASKS[self.name].settings.get(name, (1,))[0]
                                   if self.name in TASKS else 1)
             if isinstance(v, int | float) and float(v).is_integer() and v >= 1:
                 m = math.lcm(m, int(v))
         return (max(h - h % m, min(h, m)), max(w - w % m, min(w, m)))
 
+    def padded_size(self, size: Sequence[int]) -> tuple[int, int]:
+        """The (H', W') the operator is built at for a clean image of (H, W): the same, or the
+        smallest larger size an operator with special sizes is defined on (block / Walsh CS)."""
+        size = (int(size[0]), int(size[1]))
+        return TASKS[self.name].padded_size(size, **self.settings) if self.name in TASKS else size
+
     def x_shape(self, image_shape: Sequence[int], *, mode: str, model_channels: int) -> tuple[int, int, int]:
-        """The clean image's ``(C, H, W)`` for a prepared input of ``image_shape`` ``(C', h, w)``."""
+        """The clean image's ``(C, H, W)`` for a prepared input of ``image_shape`` ``(C', h, w)``: in
+        evaluate mode the image's own, padded to :meth:`padded_size`."""
         _check_mode(mode)
         shape = tuple(int(v) for v in image_shape)
         if mode == "evaluate":
-            return shape  # type: ignore[return-value]
+            return (shape[0], *self.padded_size(shape[1:]))  # type: ignore[return-value]
         if self.name in TASKS:
             return TASKS[self.name].x_shape_from_observation(shape, **self.settings)
         return (model_channels, *shape[1:])
@@ -145,6 +153,16 @@ def match_channels(images: torch.Tensor, want: int) -> torch.Tensor:
         w = torch.tensor(LUMA, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
         return (images * w).sum(1, keepdim=True)
     raise ValueError(f"images with {c} channels cannot be read as {want}-channel images")
+
+
+def pad_reflect(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, H, W) >= it, padded at the bottom and right by reflection (replication
+    where a pad is as large as the side)."""
+    H, W = (int(v) for v in size)
+    h, w = images.shape[-2:]
+    pad = (0, W - w, 0, H - h)
+    mode = "reflect" if H - h < h and W - w < w else "replicate"
+    return torch.nn.functional.pad(images, pad, mode=mode)
 
 
 def _check_mode(mode: str) -> None:
@@ -307,6 +325,10 @@ def restore_batch(
     canvas: how the model meets images of any size (:class:`Canvas`); None: ``Canvas()`` (auto).
     """
     _check_mode(mode)
+    h, w = images.shape[-2:]
+    truth = images.float()
+    if mode == "evaluate" and tuple(op.x_shape[1:]) != (h, w):  # an operator of special sizes:
+        images = pad_reflect(truth, op.x_shape[1:])            # pad, restore, crop back
     pm1 = images.float() * 2 - 1
     if mode == "evaluate":
         y = evaluate_observation(op, pm1, sigma_y=sigma_y, seed=seed, keys=keys)
@@ -316,14 +338,19 @@ def restore_batch(
                        travel=travel, samples=samples, dtype=dtype, callback=callback,
                        canvas=Canvas() if canvas is None else canvas)
     x = out.x.float()  # (B, C, H, W) [-1, 1], mean of K samples, unclamped
-    restored = (x.clamp(-1, 1) + 1) / 2
     y = y.float()
-    scores = {"consistency": metrics.consistency(op, x, y),
+    scores = {"consistency": metrics.consistency(op, x, y),  # on the operator's whole (padded) canvas
               "consistency_clamped": metrics.consistency(op, x.clamp(-1, 1), y)}
-    if mode == "evaluate":
-        scores["psnr"] = metrics.psnr(restored, images.float())
-        scores["ssim"] = metrics.ssim(restored, images.float())
     view = (op.y_to_image(y).float().clamp(-1, 1) + 1) / 2
-    return BatchRestoration(images=restored, std=None if out.std is None else out.std.float(),
+    std = None if out.std is None else out.std.float()
+    if mode == "evaluate":
+        x, std = x[..., :h, :w], None if std is None else std[..., :h, :w]
+        if view.shape[-2:] == op.x_shape[1:]:
+            view = view[..., :h, :w]
+    restored = (x.clamp(-1, 1) + 1) / 2
+    if mode == "evaluate":
+        scores["psnr"] = metrics.psnr(restored, truth)
+        scores["ssim"] = metrics.ssim(restored, truth)
+    return BatchRestoration(images=restored, std=std,
                             observations=y, observation_images=view, metrics=scores,
                             model_calls=out.model_calls, canvas=out.canvas, tiles=out.tiles)

@@ -82,6 +82,9 @@ class TaskInfo:
         restore_from_image: whether ``op.observe`` can read ``y`` from an already degraded image.
         observes_grey: whether that degraded image is grey (colorization, old photos): restore mode
             reads it with one channel; every other task reads three.
+        pad_to: ``pad_to((H, W), settings) -> (H', W')``, the smallest size >= (H, W) the operator is
+            defined on, for an operator that truly needs special sizes (block CS: multiples of the block;
+            Walsh CS: powers of two); None when every size the check accepts is fine.
         has_svd: whether the built operator has the SVD view (DDNM+ per singular value).
         check: ``check(x_shape, settings)`` raising ValueError naming a bad setting.
         obs_to_x: ``obs_to_x(obs_shape, settings) -> x_shape`` (restore mode), None when impossible.
@@ -96,6 +99,7 @@ class TaskInfo:
     check: Callable[[tuple[int, int, int], dict[str, Any]], None]
     obs_to_x: Callable[[tuple[int, ...], dict[str, Any]], tuple[int, int, int]] | None = None
     observes_grey: bool = False
+    pad_to: Callable[[tuple[int, int], dict[str, Any]], tuple[int, int]] | None = None
 
     def resolve(self, **settings: Any) -> dict[str, Any]:
         """Defaults updated by ``settings``; unknown names and uncoercible numbers are ValueErrors.
@@ -125,6 +129,12 @@ class TaskInfo:
         if len(obs_shape) != 3:
             raise ValueError(f"obs_shape must be (C, h, w), got {obs_shape}")
         return self.obs_to_x(obs_shape, self.resolve(**settings))
+
+    def padded_size(self, hw: tuple[int, int], /, **settings: Any) -> tuple[int, int]:
+        """The size the operator is built at for a clean image of ``hw`` (H, W): ``hw`` itself, or the
+        smallest larger one it is defined on (:attr:`pad_to`)."""
+        hw = (int(hw[0]), int(hw[1]))
+        return hw if self.pad_to is None else tuple(self.pad_to(hw, self.resolve(**settings)))
 
     def build(self, x_shape: tuple[int, ...], **settings: Any) -> Operator:
         x_shape = _check_shape(x_shape)

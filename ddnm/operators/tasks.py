@@ -245,6 +245,7 @@ register(TaskInfo(
     restore_from_image=False,
     has_svd=True,
     check=_check_walsh,
+    pad_to=lambda size, s: tuple(1 << max(0, (int(v) - 1).bit_length()) for v in size),
 ))
 
 register(TaskInfo(
@@ -255,6 +256,7 @@ register(TaskInfo(
     restore_from_image=False,
     has_svd=True,
     check=_check_block,
+    pad_to=lambda size, s: tuple(-(-int(v) // s["block"]) * s["block"] for v in size),
 ))
 
 

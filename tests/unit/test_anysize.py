@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import struct
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 from PIL import Image, ImageCms
 
+import ddnm
 from cluster import archival
 from cluster.images import _png16, decode_image_meta, encode_png
 from ddnm.canvas import Canvas
@@ -55,7 +57,7 @@ def test_modcrop_crops_the_ground_truth_top_left_to_the_scale():
     assert task.modcrop((63, 65)) == (60, 64) and task.modcrop((64, 64)) == (64, 64)
     assert task.modcrop((1, 1)) == (1, 1)  # nothing to crop to: Task.check says why
     assert Task.of("colorize").modcrop((63, 65)) == (63, 65)
-    assert Task.of("cs_block", {"block": 8}).modcrop((20, 17)) == (16, 16)
+    assert Task.of("cs_block", {"block": 8}).modcrop((20, 17)) == (20, 17)  # padded instead, below
     x = torch.rand(1, 3, 63, 65)
     prepared = task.prepare(x, mode="evaluate", model_channels=3)
     assert torch.equal(prepared, x[..., :60, :64])
@@ -226,3 +228,18 @@ def test_exif_and_xmp_are_carried_to_the_output(tmp_path):
     assert b"archive 42" in (out.info.get("xmp") or out.info["XML:com.adobe.xmp"].encode())
     plain, pmeta = decode_image_meta(encode_png(x), "plain.png")
     assert pmeta == archival.ImageMeta() and archival.tag_png(b"same", pmeta) == b"same"
+
+
+@pytest.mark.parametrize(("task", "settings", "size", "padded"), [
+    ("cs_walsh", {}, (36, 52), (64, 64)), ("cs_block", {"block": 8}, (20, 17), (24, 24))])
+def test_operators_of_special_sizes_are_padded_and_cropped_back(task, settings, size, padded):
+    """Evaluate mode at an odd size: the operator is built on the padded canvas, the result is the
+    image's own size, consistent on the whole canvas, and scored on the image's pixels."""
+    spec = Task.of(task, settings)
+    assert spec.padded_size(size) == padded
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    assert spec.x_shape((3, *size), mode="evaluate", model_channels=3) == (3, *padded)
+    assert spec.check((3, *size), mode="evaluate", model_channels=3) is None
+    res = ddnm.restore(x, task, "tiny", mode="evaluate", steps=2, canvas="tiled", **settings)
+    assert res.images.shape == (1, 3, *size) and res.metrics[0]["consistency"] < 1e-3
+    assert math.isfinite(res.metrics[0]["psnr"])
