@@ -419,6 +419,9 @@ def demo(args: argparse.Namespace) -> int:
             ray.shutdown()
     print()
     insp.report_many([os.path.join(args.output, t) for t in tasks], {})
+    from jobs.html_report import write_report
+    pages = [write_report(os.path.join(args.output, t), {}) for t in tasks]
+    print("\nreports (open in a browser, no server needed):\n" + "\n".join(f"  {p}" for p in pages))
     return max(codes) if codes else EXIT_OK
 
 
