@@ -146,7 +146,8 @@ class JobSpec(BaseModel):
     travel: tuple[int, int, int] = Field((1, 1, 1), description="time-travel L, s, r (1,1,1 = none)")
     samples: int = Field(1, ge=1, description="samples per image (mean and std are written)")
     shard_size: int = Field(32, ge=1, description="images per shard (the unit of retry and commit)")
-    workers: int | None = Field(None, ge=1, description="Ray actors; None = one per GPU (1 on CPU)")
+    workers: int | None = Field(None, ge=1, description="Ray actors; None = one per GPU (without GPUs one "
+                                 "per CPU, up to 4)")
     gpus_per_worker: float | None = Field(None, ge=0.0, description="GPUs per Ray actor (0.5 packs two on a "
                                           "GPU); None = 1 with GPUs, 0 without")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs reserved per Ray actor")
