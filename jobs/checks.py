@@ -102,6 +102,7 @@ def _check_model_size(spec: JobSpec, x_shape: tuple[int, int, int] | None) -> No
     refused up front for another size. Tiles must fit the network's stride; mask-shift, the task."""
     from ddnm.models import REGISTRY
     from ddnm.sampling.maskshift import SUPPORTED
+    from ddnm.sampling.tiling import config_stride
 
     info = REGISTRY.get(spec.model)
     size = getattr(info, "image_size", None)
@@ -111,8 +112,7 @@ def _check_model_size(spec: JobSpec, x_shape: tuple[int, int, int] | None) -> No
         raise JobError(f"model {spec.model} restores {size}x{size} images whole; the {what} "
                        f"{x_shape[2]}x{x_shape[1]} (checked on the first decodable input): use "
                        f"--canvas auto or tiled")
-    levels = getattr(info.config, "channel_mult", None) or getattr(info.config, "ch_mult", None)
-    stride = 2 ** (len(levels) - 1) if levels else 1
+    stride = config_stride(info.config)
     if spec.tile is not None and spec.tile % stride:
         raise JobError(f"--tile {spec.tile}: must be a multiple of model {spec.model}'s stride {stride}")
     if spec.canvas == "maskshift" and spec.task not in SUPPORTED:

@@ -43,7 +43,12 @@ def model_stride(model) -> int:
     """
     if isinstance(getattr(model, "stride", None), int):
         return int(model.stride)
-    config = getattr(getattr(model, "net", None), "config", None)
+    return config_stride(getattr(getattr(model, "net", None), "config", None))
+
+
+def config_stride(config) -> int:
+    """``2 ** (levels - 1)`` of a network config (ADM ``channel_mult``, DDPM ``ch_mult``, diffusers
+    ``block_out_channels``); 1 for None or a config without levels."""
     for name in ("channel_mult", "ch_mult", "block_out_channels"):
         levels = getattr(config, name, None)
         if levels is not None:
