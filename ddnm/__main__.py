@@ -1,4 +1,4 @@
-"""``python -m ddnm tasks [--json]`` and ``python -m ddnm models [--json]``: what this install offers."""
+"""``python -m ddnm tasks|models|solvers [--json]``: what this install offers."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ def _models() -> list[dict]:
     return list_models()
 
 
+def _solvers() -> list[dict]:
+    from ddnm.solvers import solvers_json
+
+    return solvers_json()
+
+
 def _table(rows: list[dict], columns: list[str]) -> str:
     cells = [[str(r.get(c, "")) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
@@ -29,12 +35,18 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ddnm", description=__doc__)
-    parser.add_argument("what", choices=["tasks", "models"], help="list the tasks or the models")
+    parser.add_argument("what", choices=["tasks", "models", "solvers"],
+                        help="list the tasks, the models or the solvers")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    rows = _tasks() if args.what == "tasks" else _models()
+    rows = {"tasks": _tasks, "models": _models, "solvers": _solvers}[args.what]()
     if args.json:
         print(json.dumps(rows, indent=2))
+    elif args.what == "solvers":
+        for r in rows:
+            r["settings"] = ", ".join(f"{k}={v['default']}" for k, v in r["settings"].items()) or "-"
+            r["needs"] = ", ".join(r["needs"]) or "-"
+        print(_table(rows, ["name", "needs", "grad", "travel", "settings", "description"]))
     elif args.what == "tasks":
         for r in rows:
             r["settings"] = ", ".join(f"{k}={v['default']}" for k, v in r["settings"].items())

@@ -27,8 +27,10 @@ from ddnm.restoration import (
     restore_batch,
     sample_batch,
 )
+from ddnm.solvers import Sampling
 
-__all__ = ["MODES", "BatchSamples", "Canvas", "RestoreResult", "evaluate_observation", "generators_for",
+__all__ = ["MODES", "BatchSamples", "Canvas", "RestoreResult", "Sampling", "evaluate_observation",
+           "generators_for",
            "observation_noise", "restore", "sample_batch", "to_tensor"]
 
 
@@ -74,9 +76,11 @@ def restore(
     checkpoint: str | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
     canvas: Canvas | str | None = None,
+    solver: str | Any | None = None,
+    solver_settings: dict[str, Any] | None = None,
     **task_settings: Any,
 ) -> RestoreResult:
-    """Restore a batch of images with DDNM (``sigma_y == 0``) or DDNM+ (``sigma_y > 0``).
+    """Restore a batch of images with a zero-shot solver: by default DDNM (``sigma_y == 0``) or DDNM+.
 
     images: a (B, C, H, W) tensor on ``[0, 1]``, a list of equal-size PIL images, or one PIL image.
       evaluate mode: clean images, degraded here (``y = A x + 2 sigma_y n``) and scored (PSNR, SSIM);
@@ -90,12 +94,19 @@ def restore(
     callback(step_index, t, x0_hat) sees every step's x0_hat of the B*K batch ([-1, 1] scale).
     canvas: how images of any size meet the model, a :class:`~ddnm.canvas.Canvas` or its kind
       ("auto" (default), "whole", "tiled", "maskshift"); the batch worker runs the same setting.
+    solver: a registered solver name (``ddnm.solvers.SOLVERS``), a ``"package.module:NAME"`` path or a
+      :class:`ddnm.solvers.Solver`; None: ``ddnm``, or ``ddnm+`` when ``sigma_y > 0``.
+      solver_settings: that solver's own settings (its ``settings`` table).
+    All sampling settings are validated at once into one :class:`ddnm.solvers.Sampling` before any work.
     """
     from ddnm import models
     from ddnm.operators import Operator
 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    sampling = Sampling(solver=solver, solver_settings=solver_settings or {}, steps=steps, eta=eta,
+                        sigma_y=sigma_y, travel=tuple(travel), samples=samples, seed=seed,
+                        canvas=Canvas() if canvas is None else canvas)
     x01 = to_tensor(images)
     if isinstance(model, str):
         model = models.build(model, checkpoint, device=device or "cpu")
@@ -118,16 +129,14 @@ def restore(
         x = spec.prepare(x01.to(device), mode=mode, model_channels=channels)
         x_shape = spec.x_shape(tuple(x.shape[1:]), mode=mode, model_channels=channels)
         op = spec.build(x_shape, device=device, masks=None if masks is None else masks.to(device))
-    if isinstance(canvas, str):
-        canvas = Canvas(kind=canvas)
     start = time.perf_counter()
-    out = restore_batch(model, op, x, mode=mode, keys=keys, seed=seed, steps=steps, eta=eta,
-                        sigma_y=sigma_y, travel=travel, samples=samples, callback=callback, canvas=canvas)
+    out = restore_batch(model, op, x, mode=mode, keys=keys, sampling=sampling, callback=callback)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - start) / b
     rows = [{k: float(v[i]) for k, v in out.metrics.items()} | {"model_calls": out.model_calls,
-            "samples": samples, "seconds": seconds, "canvas": out.canvas, "tiles": out.tiles}
+            "samples": samples, "seconds": seconds, "canvas": out.canvas, "tiles": out.tiles,
+            "solver": sampling.name, "solver_settings": sampling.settings_json()}
             for i in range(b)]
     return RestoreResult(images=out.images.cpu(), std=None if out.std is None else out.std.cpu(),
                          observations=out.observations.cpu(),

@@ -48,8 +48,13 @@ class Canvas:
             raise ValueError(f"tile_batch must be a positive int, got {self.tile_batch!r}")
 
     def side(self, model) -> int:
-        """The tile side for ``model``."""
-        return int(self.tile or getattr(model, "image_size", None) or 0) or 256
+        """The tile side for ``model``: ``tile``, else the model's native size; ValueError when neither
+        is known (a model that states no native size needs an explicit tile)."""
+        side = self.tile or getattr(model, "image_size", None)
+        if not side:
+            raise ValueError(f"model {type(model).__name__} states no native size (image_size): give the "
+                             "canvas a tile side (--tile)")
+        return int(side)
 
     def resolve(self, model, x_shape: Sequence[int]) -> str:
         """"whole", "tiled" or "maskshift" for a canvas of ``x_shape`` ``(C, H, W)``."""

@@ -28,10 +28,11 @@ from typing import Any
 import torch
 
 from ddnm import metrics
-from ddnm.canvas import WHOLE, Canvas
+from ddnm.canvas import Canvas  # noqa: F401  (re-exported: ddnm.restoration.Canvas, ddnm.api.Canvas)
 from ddnm.operators import TASKS, Operator, build, is_custom, load_operator_class
-from ddnm.sampling import ddnm_sample, image_generator, maskshift_sample
+from ddnm.sampling import image_generator, maskshift_sample
 from ddnm.sampling.schedule import model_alpha_bar
+from ddnm.solvers import Sampling
 
 MODES = ("evaluate", "restore")
 LUMA = (0.299, 0.587, 0.114)
@@ -216,43 +217,40 @@ def sample_batch(
     y: torch.Tensor,
     *,
     keys: Sequence[str],
-    seed: int = 0,
-    steps: int = 100,
-    eta: float = 0.85,
-    sigma_y: float = 0.0,
-    travel: Sequence[int] = (1, 1, 1),
-    samples: int = 1,
-    dtype: torch.dtype | None = None,
+    sampling: Sampling,
     alpha_bar: torch.Tensor | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
-    canvas: Canvas = WHOLE,
 ) -> BatchSamples:
-    """K samples for each of B observations in one batched DDNM pass.
+    """K = ``sampling.samples`` samples for each of B observations in one batched pass of the solver.
 
     model, op and y on one device; op built for the B images (per-image buffers are repeated with
-    ``op.select``). sigma_y on the ``[0, 1]`` scale. dtype: the sampler state is float64 when dtype or
-    y is float64, else float32 (a bf16/fp16 model casts inside its adapter). alpha_bar defaults to the
-    schedule that travels with the model (``model.alpha_bar()``). canvas: whole, tiled or mask-shift
-    (:class:`Canvas`; default whole, the model on the whole canvas).
+    ``op.select``). ``sampling``: the solver and its settings (validated when it was built); the
+    sampler state is float64 when the model computes in fp64 or y is float64, else float32 (a bf16/fp16
+    model casts inside its adapter). alpha_bar defaults to the schedule that travels with the model
+    (``model.alpha_bar()``). The canvas (whole, tiled or mask-shift) is ``sampling.canvas``: tiles wrap
+    the model for any solver; mask-shift calls the solver window by window.
+    run under ``torch.no_grad()``: a solver that needs gradients enables them where it needs them.
     """
     if len(keys) != y.shape[0]:
         raise ValueError(f"keys must hold one key per image: got {len(keys)} for a batch of {y.shape[0]}")
-    if not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be an int >= 1, got {samples!r}")
-    if float(sigma_y) < 0:
-        raise ValueError(f"sigma_y must be >= 0, got {sigma_y!r}")
+    solver, canvas, samples = sampling.info, sampling.canvas, sampling.samples
+    refusal = solver.refusal(op)
+    if refusal:
+        raise ValueError(refusal)
     b = y.shape[0]
-    state = torch.float64 if torch.float64 in (dtype, y.dtype) else torch.float32
-    y = y.to(state)
+    y = y.to(sampling.state_dtype(y))
     if samples > 1:
         idx = [i for i in range(b) for _ in range(samples)]
         y = y[idx]
         op = op.select(idx) if hasattr(op, "select") else op
     abar = model_alpha_bar(model) if alpha_bar is None else alpha_bar
     kind = canvas.resolve(model, op.x_shape)
-    gens = generators_for(keys, seed, samples, y.device)
-    settings = dict(steps=steps, eta=eta, sigma_y=2.0 * float(sigma_y), travel=tuple(travel))
+    gens = generators_for(keys, sampling.seed, samples, y.device)
     tiles = canvas.tiles(model, op.x_shape)
+
+    def run(eps, y, op, abar, gens, callback=None):
+        return solver.run(eps, y, op, abar, gens, sampling, callback)
+
     if kind == "maskshift":
         if callback is not None:
             raise ValueError("callback is not supported with canvas='maskshift'")
@@ -260,11 +258,10 @@ def sample_batch(
         ms = maskshift_sample(model, y, op, abar, window=T,
                               stride=T - (T // 2 if canvas.overlap is None else canvas.overlap),
                               window_batch=max(1, canvas.tile_batch // y.shape[0]), generators=gens,
-                              **settings)
+                              solve=run)
         x, calls, tiles = ms.x, ms.model_calls // ms.windows, ms.windows
     else:
-        eps = canvas.tiled_eps(model) if kind == "tiled" else model
-        out = ddnm_sample(eps, y, op, abar, generators=gens, callback=callback, **settings)
+        out = run(canvas.tiled_eps(model) if kind == "tiled" else model, y, op, abar, gens, callback)
         x, calls = out.x, out.model_calls
     xs = x.view(b, samples, *x.shape[1:])
     std = ((xs.clamp(-1, 1) + 1) / 2).std(dim=1) if samples > 1 else None
@@ -306,23 +303,16 @@ def restore_batch(
     *,
     mode: str,
     keys: Sequence[str],
-    seed: int = 0,
-    steps: int = 100,
-    eta: float = 0.85,
-    sigma_y: float = 0.0,
-    travel: Sequence[int] = (1, 1, 1),
-    samples: int = 1,
-    dtype: torch.dtype | None = None,
+    sampling: Sampling,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
-    canvas: Canvas | None = None,
 ) -> BatchRestoration:
-    """Restore B prepared images (:meth:`Task.prepare`) with DDNM (``sigma_y == 0``) or DDNM+.
+    """Restore B prepared images (:meth:`Task.prepare`) with the solver of ``sampling``.
 
     images: (B, C, H, W) on ``[0, 1]`` on the model's device. evaluate mode: clean images, degraded
     here (``y = A x + 2 sigma_y n``, paper eq. 16) and scored against (PSNR, SSIM); restore mode:
     observations as the user has them (``y = op.observe(image)``). op: built for these images
     (:meth:`Task.build`). Consistency ``||A x0 - y||`` is recorded before and after clamping x0.
-    canvas: how the model meets images of any size (:class:`Canvas`); None: ``Canvas()`` (auto).
+    sampling: solver, steps, noise, samples, seed and canvas (:class:`ddnm.solvers.Sampling`).
     """
     _check_mode(mode)
     h, w = images.shape[-2:]
@@ -331,12 +321,10 @@ def restore_batch(
         images = pad_reflect(truth, op.x_shape[1:])            # pad, restore, crop back
     pm1 = images.float() * 2 - 1
     if mode == "evaluate":
-        y = evaluate_observation(op, pm1, sigma_y=sigma_y, seed=seed, keys=keys)
+        y = evaluate_observation(op, pm1, sigma_y=sampling.sigma_y, seed=sampling.seed, keys=keys)
     else:
         y = op.observe(pm1)
-    out = sample_batch(model, op, y, keys=keys, seed=seed, steps=steps, eta=eta, sigma_y=sigma_y,
-                       travel=travel, samples=samples, dtype=dtype, callback=callback,
-                       canvas=Canvas() if canvas is None else canvas)
+    out = sample_batch(model, op, y, keys=keys, sampling=sampling, callback=callback)
     x = out.x.float()  # (B, C, H, W) [-1, 1], mean of K samples, unclamped
     y = y.float()
     scores = {"consistency": metrics.consistency(op, x, y),  # on the operator's whole (padded) canvas

@@ -17,12 +17,13 @@ cheap). ``tasks_json()`` lists every task for ``python -m ddnm tasks --json``.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from ddnm.dotted import is_dotted, load_dotted
 
 from .base import Operator
 
@@ -88,6 +89,11 @@ class TaskInfo:
         has_svd: whether the built operator has the SVD view (DDNM+ per singular value).
         check: ``check(x_shape, settings)`` raising ValueError naming a bad setting.
         obs_to_x: ``obs_to_x(obs_shape, settings) -> x_shape`` (restore mode), None when impossible.
+        block_local: whether the operator acts on disjoint pixel blocks, so that its restriction to a
+            block-aligned window is the same operator at the window's size (mask-shift needs this):
+            None when it mixes pixels across any window edge; else the alignment, an int, or the
+            name of the operator attribute (= setting) that gives it (``"scale"``, ``"block"``).
+        pixel_buffers: the operator's buffers laid out per pixel (..., H, W), cropped to a window.
     """
 
     name: str
@@ -100,6 +106,14 @@ class TaskInfo:
     obs_to_x: Callable[[tuple[int, ...], dict[str, Any]], tuple[int, int, int]] | None = None
     observes_grey: bool = False
     pad_to: Callable[[tuple[int, int], dict[str, Any]], tuple[int, int]] | None = None
+    block_local: int | str | None = None
+    pixel_buffers: tuple[str, ...] = ()
+
+    def alignment(self, op: Operator) -> int | None:
+        """The pixel block ``op`` (built for this task) acts on, or None when it is not block-local."""
+        if self.block_local is None or isinstance(self.block_local, int):
+            return self.block_local
+        return int(getattr(op, self.block_local))
 
     def resolve(self, **settings: Any) -> dict[str, Any]:
         """Defaults updated by ``settings``; unknown names and uncoercible numbers are ValueErrors.
@@ -163,16 +177,12 @@ def register(info: TaskInfo) -> TaskInfo:
 
 def is_custom(task: str) -> bool:
     """Whether ``task`` is a dotted ``"package.module:Class"`` path rather than a registered name."""
-    return ":" in task
+    return is_dotted(task)
 
 
 def load_operator_class(path: str) -> type[Operator]:
     """``"package.module:Class"`` -> the Operator subclass; ValueError naming the path otherwise."""
-    mod_name, _, cls_name = path.partition(":")
-    try:
-        cls = getattr(importlib.import_module(mod_name), cls_name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"task {path!r}: cannot import {cls_name!r} from module {mod_name!r} ({e})") from e
+    cls = load_dotted(path, what="task")
     if not (isinstance(cls, type) and issubclass(cls, Operator)):
         raise ValueError(f"task {path!r} is not a subclass of ddnm.operators.Operator")
     return cls

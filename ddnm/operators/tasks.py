@@ -92,6 +92,7 @@ register(TaskInfo(
     has_svd=True,
     check=lambda x_shape, s: _scale_divides(x_shape, s["scale"]),
     obs_to_x=_lr_to_hr,
+    block_local="scale",
 ))
 
 register(TaskInfo(
@@ -105,6 +106,7 @@ register(TaskInfo(
     check=lambda x_shape, s: _check_colorize(x_shape, s),
     obs_to_x=lambda obs, s: (3, obs[1], obs[2]),
     observes_grey=True,
+    block_local=1,
 ))
 
 register(TaskInfo(
@@ -116,6 +118,8 @@ register(TaskInfo(
     has_svd=True,
     check=lambda x_shape, s: _check_mask(x_shape, s),
     obs_to_x=_same,
+    block_local=1,
+    pixel_buffers=("mask",),
 ))
 
 register(TaskInfo(
@@ -127,6 +131,7 @@ register(TaskInfo(
     has_svd=True,
     check=lambda x_shape, s: None,
     obs_to_x=_same,
+    block_local=1,
 ))
 
 
@@ -257,6 +262,7 @@ register(TaskInfo(
     has_svd=True,
     check=_check_block,
     pad_to=lambda size, s: tuple(-(-int(v) // s["block"]) * s["block"] for v in size),
+    block_local="block",
 ))
 
 

@@ -45,30 +45,42 @@ from dataclasses import dataclass
 
 import torch
 
-from ddnm.sampling.sampler import ddnm_sample
+from ddnm.sampling.sampler import SampleOutput, ddnm_sample
 from ddnm.sampling.tiling import tile_starts
 
 ORDERS = ("wavefront", "raster")
-SUPPORTED = ("sr_avgpool", "colorize", "inpaint", "denoise", "cs_block")
-PIXEL_BUFFERS = {"inpaint": ("mask",)}  # buffers (..., H, W) cropped to a window
 Box = tuple[int, int, int, int]  # (top, left, height, width)
 
 
+def supported_tasks() -> tuple[str, ...]:
+    """The registered tasks mask-shift can run (``TaskInfo.block_local``)."""
+    from ddnm.operators import TASKS
+
+    return tuple(name for name, info in TASKS.items() if info.block_local is not None)
+
+
 def block_size(op) -> int:
-    """The pixel block ``op`` acts on (windows must align to it); ValueError for unsupported tasks."""
+    """The pixel block ``op`` acts on (windows must align to it, ``TaskInfo.alignment``); ValueError
+    for a task that is not block-local."""
+    from ddnm.operators import TASKS
+
     name = getattr(op, "name", None)
-    if name not in SUPPORTED:
-        raise ValueError(f"mask-shift supports the tasks {SUPPORTED} (block-local operators); got "
+    info = TASKS.get(name) if isinstance(name, str) else None
+    align = None if info is None else info.alignment(op)
+    if align is None:
+        raise ValueError(f"mask-shift supports the tasks {supported_tasks()} (block-local operators); got "
                          f"{name!r}, which mixes pixels across window edges: use the tiled path")
-    return {"sr_avgpool": getattr(op, "scale", 1), "cs_block": getattr(op, "block", 1)}.get(name, 1)
+    return align
 
 
 def restrict(op, box: Box):
     """``op`` restricted to the window ``box``: the same operator at the window's size.
 
-    Per-pixel buffers (inpainting masks, :data:`PIXEL_BUFFERS`) are cropped; the other buffers
+    Per-pixel buffers (``TaskInfo.pixel_buffers``: inpainting masks) are cropped; the other buffers
     (pooling bases, grey weights, CS matrices) do not depend on the size.
     """
+    from ddnm.operators import TASKS
+
     block_size(op)
     top, left, h, w = box
     C, H, W = op.x_shape
@@ -76,7 +88,7 @@ def restrict(op, box: Box):
         raise ValueError(f"box={box} does not fit inside the canvas {H}x{W}")
     new = copy.copy(op)
     new._buffers = dict(op._buffers)
-    for name in PIXEL_BUFFERS.get(op.name, ()):
+    for name in TASKS[op.name].pixel_buffers:
         new._buffers[name] = op._buffers[name][..., top : top + h, left : left + w]
     new.x_shape = (C, h, w)
     return new
@@ -158,7 +170,6 @@ def _window_generator(base: int, i: int, j: int, device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
-@torch.no_grad()
 def maskshift_sample(
     model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     y: torch.Tensor,
@@ -172,6 +183,7 @@ def maskshift_sample(
     window_batch: int | None = None,
     generators: Sequence[torch.Generator],
     on_window: Callable[[int, int, Box, torch.Tensor, torch.Tensor], None] | None = None,
+    solve: Callable[..., SampleOutput] | None = None,
     **sampler: object,
 ) -> MaskShiftOutput:
     """Restore the canvas ``op.x_shape`` window by window (module docstring).
@@ -181,14 +193,22 @@ def maskshift_sample(
     a time); margin: trailing pixels a window leaves unfinished (module docstring), a multiple of the
     operator's block, at most ``window - stride``; window_batch: at most this many windows per batch
     (default: a whole anti-diagonal).
-    y (B, ...) and op as for :func:`ddnm.sampling.ddnm_sample`; generators: one per image;
-    ``sampler``: steps, eta, sigma_y, travel. ``on_window(i, j, box, x, m)`` sees each finished window's
-    x0 (B, C, h, w) and its known-pixel mask (1, 1, h, w).
+    y (B, ...) and op as for :func:`ddnm.sampling.ddnm_sample`; generators: one per image.
+    solve: the solver, ``solve(model, y_w, op_w, alpha_bar, generators) -> SampleOutput``, run on each
+    batch of windows (``ddnm.restoration.sample_batch`` passes the run's solver); None: DDNM /
+    DDNM+ (:func:`ddnm.sampling.ddnm_sample`) with ``sampler``: steps, eta, sigma_y, travel.
+    ``on_window(i, j, box, x, m)`` sees each finished window's x0 (B, C, h, w) and its known-pixel mask
+    (1, 1, h, w).
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     if "callback" in sampler:
         raise ValueError("callback is not supported by mask-shift; use on_window")
+    if solve is None:
+        def solve(model, y, op, alpha_bar, generators):
+            return ddnm_sample(model, y, op, alpha_bar, generators=generators, **sampler)
+    elif sampler:
+        raise ValueError(f"settings {sorted(sampler)} go to the solver, not to maskshift_sample")
     if len(generators) != y.shape[0]:
         raise ValueError(f"generators must hold one generator per image: got {len(generators)} "
                          f"for a batch of {y.shape[0]}")
@@ -236,8 +256,7 @@ def maskshift_sample(
                 ys.append((1 - m) * pinv_y[..., top : top + h, left : left + w] + m * known)
                 gens += [_window_generator(bases[b], i, j, device) for b in range(B)]
                 masks.append(m)
-            out = ddnm_sample(model, torch.cat(ys), _KnownRegion(pieces), alpha_bar, generators=gens,
-                              **sampler)
+            out = solve(model, torch.cat(ys), _KnownRegion(pieces), alpha_bar, gens)
             depth += out.model_calls
             calls += out.model_calls * len(group)
             for n, ((i, j), box) in enumerate(zip(group, boxes, strict=True)):

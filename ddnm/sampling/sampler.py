@@ -99,6 +99,14 @@ def ddnm_sample(
     else float32; no host synchronisation happens inside the loop.
     """
     _validate(y, op, alpha_bar, steps, eta, sigma_y, travel, generators)
+    return ddnm_loop(model, y, op, alpha_bar, steps=steps, eta=eta, sigma_y=sigma_y, travel=travel,
+                     generators=generators, callback=callback)
+
+
+def ddnm_loop(model, y, op, alpha_bar, *, steps, eta, sigma_y, travel, generators,
+              callback=None) -> SampleOutput:
+    """:func:`ddnm_sample` without its argument checks (the solver registry's ``ddnm`` and ``ddnm+``
+    entries call it with settings that ``ddnm.solvers.Sampling`` has validated)."""
     dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
     y = y.to(dtype)
     B, shape = y.shape[0], tuple(op.x_shape)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import ddnm
-from ddnm.api import sample_batch, to_tensor
+from ddnm.api import Sampling, sample_batch, to_tensor
 from ddnm.models import build as build_model
 from ddnm.operators import build as build_op
 
@@ -60,12 +60,12 @@ def test_k_samples_give_a_std_map(tiny):
 def test_sample_zero_of_k_equals_the_single_run(tiny):
     op = build_op("sr_avgpool", x_shape=(3, 16, 16), scale=2)
     y = op.A(_images() * 2 - 1)
-    one = sample_batch(tiny, op, y, keys=["a", "b"], steps=2, samples=1)
+    one = sample_batch(tiny, op, y, keys=["a", "b"], sampling=Sampling(steps=2, canvas="whole"))
     seen = []
-    sample_batch(tiny, op, y, keys=["a", "b"], steps=2, samples=3,
+    sample_batch(tiny, op, y, keys=["a", "b"], sampling=Sampling(steps=2, samples=3, canvas="whole"),
                  callback=lambda k, t, x0: seen.append(x0.clone()))
     single = []
-    sample_batch(tiny, op, y, keys=["a", "b"], steps=2, samples=1,
+    sample_batch(tiny, op, y, keys=["a", "b"], sampling=Sampling(steps=2, canvas="whole"),
                  callback=lambda k, t, x0: single.append(x0.clone()))
     assert torch.allclose(seen[-1][0], single[-1][0], atol=1e-4)  # image a, sample 0 (float32 rounding)
     assert torch.allclose(seen[-1][3], single[-1][1], atol=1e-4)  # image b, sample 0

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import ddnm.models
-from ddnm.api import sample_batch
+from ddnm.api import Sampling, sample_batch
 from ddnm.metrics import consistency, psnr
 from ddnm.models.small_prior import SMALL_PRIOR_CONFIG, WEIGHTS, build_small_prior
 from ddnm.operators import build as build_op
@@ -49,7 +49,7 @@ def test_restores_held_out_photo_consistently_in_float64():
     model = ddnm.models.build("small-prior", dtype=torch.float64)
     op = build_op("sr_avgpool", x_shape=(3, 64, 64), scale=4)
     y = op.A(x)
-    out = sample_batch(model, op, y, keys=["chelsea"], seed=0, steps=10, eta=0.85)
+    out = sample_batch(model, op, y, keys=["chelsea"], sampling=Sampling(steps=10, canvas="whole"))
     assert out.x.dtype == torch.float64
     assert torch.isfinite(out.x).all()
     assert consistency(op, out.x, y).max().item() <= 1e-5  # before any clamp
@@ -64,7 +64,7 @@ def test_mean_of_samples_beats_nearest_on_held_out_photo():
     model = ddnm.models.build("small-prior")
     op = build_op("sr_avgpool", x_shape=(3, 64, 64), scale=4)
     y = op.A(x)
-    out = sample_batch(model, op, y, keys=["chelsea"], seed=0, steps=10, eta=0.85, samples=4)
+    out = sample_batch(model, op, y, keys=["chelsea"], sampling=Sampling(steps=10, samples=4, canvas="whole"))
     ref = (x + 1) / 2
     restored = psnr((out.x.clamp(-1, 1) + 1) / 2, ref).item()
     nearest = psnr((op.A_pinv(y).clamp(-1, 1) + 1) / 2, ref).item()
@@ -158,7 +158,7 @@ def test_colorization_sample_beats_grey_on_held_out_photo():
     model = ddnm.models.build("small-prior")
     op = build_op("colorize", x_shape=(3, 64, 64))
     y = op.A(x)
-    out = sample_batch(model, op, y, keys=["a", "b"], seed=0, steps=20, eta=0.85)
+    out = sample_batch(model, op, y, keys=["a", "b"], sampling=Sampling(steps=20, canvas="whole"))
     ref = (x + 1) / 2
     restored = psnr((out.x.clamp(-1, 1) + 1) / 2, ref).mean().item()
     grey = psnr((op.A_pinv(y).clamp(-1, 1) + 1) / 2, ref).mean().item()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddnm.api import sample_batch
+from ddnm.api import Sampling, sample_batch
 from ddnm.metrics import consistency
 from ddnm.operators import TASKS
 from ddnm.operators import build as build_op
@@ -106,8 +106,9 @@ def test_time_travel_ddnm_plus_and_k_samples_run_through_tiles(one_thread):
 
     op, y = _problem("sr_avgpool", dtype=torch.float32)
     eps = TiledEps(build("tiny"), tile=32, overlap=8)
-    plain = sample_batch(eps, op, y, keys=["a"], steps=2, travel=(1, 1, 2), samples=2)
-    plus = sample_batch(eps, op, y, keys=["a"], steps=2, travel=(1, 1, 2), samples=2, sigma_y=0.05)
+    sampling = Sampling(steps=2, travel=(1, 1, 2), samples=2, canvas="whole")
+    plain = sample_batch(eps, op, y, keys=["a"], sampling=sampling)
+    plus = sample_batch(eps, op, y, keys=["a"], sampling=sampling.replace(sigma_y=0.05))
     assert plain.model_calls == 3 and plain.std is not None and plain.x.shape == (1, 3, *ODD)
     assert torch.isfinite(plus.x).all() and (plus.x - plain.x).abs().max() > 1e-3
 
