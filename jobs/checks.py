@@ -77,9 +77,9 @@ def probe_image(root: str, keys: list[str], opts: dict[str, Any], tries: int = 3
 
 def model_channels(model: str) -> int:
     """The channels a registered model takes (3 where the registry does not say)."""
-    from ddnm.models import REGISTRY
+    from ddnm.models import model_facts
 
-    return int(getattr(REGISTRY[model].config, "in_channels", 3) or 3)
+    return model_facts(model).in_channels
 
 
 def _validate_task(spec: JobSpec, image) -> tuple[int, int, int] | None:
@@ -100,21 +100,20 @@ def _validate_task(spec: JobSpec, image) -> tuple[int, int, int] | None:
 def _check_model_size(spec: JobSpec, x_shape: tuple[int, int, int] | None) -> None:
     """Any size is restored on tiles; only ``--canvas whole`` with a model of one native size is
     refused up front for another size. Tiles must fit the network's stride; mask-shift, the task."""
-    from ddnm.models import REGISTRY
-    from ddnm.sampling.maskshift import SUPPORTED
-    from ddnm.sampling.tiling import config_stride
+    from ddnm.models import model_facts
+    from ddnm.sampling.maskshift import supported_tasks
 
-    info = REGISTRY.get(spec.model)
-    size = getattr(info, "image_size", None)
+    info = model_facts(spec.model)
+    size = info.image_size
     if spec.canvas == "whole" and size and not info.any_size and x_shape is not None \
             and tuple(x_shape[1:]) != (size, size):
         what = "restored images would be" if spec.mode == "restore" else "input images are"
         raise JobError(f"model {spec.model} restores {size}x{size} images whole; the {what} "
                        f"{x_shape[2]}x{x_shape[1]} (checked on the first decodable input): use "
                        f"--canvas auto or tiled")
-    stride = config_stride(info.config)
+    stride = info.stride
     if spec.tile is not None and spec.tile % stride:
         raise JobError(f"--tile {spec.tile}: must be a multiple of model {spec.model}'s stride {stride}")
-    if spec.canvas == "maskshift" and spec.task not in SUPPORTED:
+    if spec.canvas == "maskshift" and spec.task not in supported_tasks():
         raise JobError(f"--canvas maskshift: task {spec.task} mixes pixels across window edges; "
-                       f"mask-shift supports {', '.join(SUPPORTED)} (use --canvas tiled)")
+                       f"mask-shift supports {', '.join(supported_tasks())} (use --canvas tiled)")

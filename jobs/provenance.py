@@ -35,13 +35,13 @@ def checkpoint_hash(spec: JobSpec) -> str:
     """sha256 of the checkpoint file; 'random'; 'bundled:<model>' (the bundled weights)."""
     ckpt = spec.checkpoint
     if ckpt is None:
-        from ddnm.models import REGISTRY
+        from ddnm.models import model_facts
 
         try:  # the bundled weights of the small prior
             from ddnm.models.small_prior import WEIGHTS
         except ImportError:
             WEIGHTS = None
-        bundled = REGISTRY[spec.model].default_weights == "bundled"
+        bundled = model_facts(spec.model).default_weights == "bundled"
         if bundled and WEIGHTS is not None and Path(WEIGHTS).is_file():
             from ddnm.models import checkpoint_hash as sha
             return f"sha256:{sha(WEIGHTS)} (bundled)"

@@ -39,8 +39,11 @@ def image_sizes(root: str, keys: list[str], opts: dict[str, Any]) -> dict[str, t
         return dict(zip(keys, sizes, strict=True))
 
 
-def image_costs(sizes: dict[str, tuple[int, int] | None], *, tile: int, model_calls: int) -> dict[str, int]:
-    """key -> ``max(w, tile) * max(h, tile) * model_calls``; an unknown size costs the median."""
+def image_costs(sizes: dict[str, tuple[int, int] | None], *, tile: int | None,
+                model_calls: int) -> dict[str, int]:
+    """key -> ``max(w, tile) * max(h, tile) * model_calls``; an unknown size costs the median. tile:
+    the model's tile / native side; None when only its checkpoint knows it (the image's own pixels)."""
+    tile = int(tile or 1)
     costs = {k: max(s[0], tile) * max(s[1], tile) * model_calls for k, s in sizes.items() if s}
     median = int(statistics.median(costs.values())) if costs else tile * tile * model_calls
     return {k: costs.get(k, median) for k in sizes}

@@ -184,10 +184,7 @@ def list_models() -> list[dict]:
     ``python -m ddnm models`` (``image_size``: the native size)."""
     rows = []
     for info in REGISTRY.values():
-        image_size = info.image_size
-        if image_size is None and info.family == "small-prior":
-            model = _meta_small_prior()
-            image_size = None if model is None else model.image_size
+        image_size = model_facts(info.name).image_size
         rows.append(
             {
                 "name": info.name,
@@ -199,6 +196,46 @@ def list_models() -> list[dict]:
             }
         )
     return rows
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelFacts:
+    """What the job layer needs to know about a registered model before building it."""
+
+    name: str
+    image_size: int | None
+    """Native (training) size in px; None: known only from the checkpoint the user gives."""
+    in_channels: int
+    """Channels the network takes (3 for RGB priors, 1 for grey ones)."""
+    stride: int
+    """Downsampling factor of the network: tiles and whole canvases must be multiples of it."""
+    any_size: bool
+    """Whether whole canvases of other sizes than the native one are restored whole (``ModelInfo``)."""
+    num_timesteps: int
+    schedule: str
+    default_weights: str | None
+    """``"bundled"``, ``"random"`` or None (a checkpoint must be given)."""
+
+
+def model_facts(name: str) -> ModelFacts:
+    """A registered model's facts (native size, channels, stride, any-size, schedule), read from its
+    registry entry, or from the small prior's own definition; ValueError naming unknown models."""
+    from ddnm.sampling.tiling import config_stride, model_stride
+
+    info = REGISTRY.get(name)
+    if info is None:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}")
+    size, channels, stride = info.image_size, getattr(info.config, "in_channels", None), None
+    if info.config is not None:
+        stride = config_stride(info.config)
+    elif info.family == "small-prior" and _meta_small_prior() is not None:
+        meta = _meta_small_prior()
+        size = size or meta.image_size
+        channels = channels or meta.in_channels
+        stride = model_stride(meta)
+    return ModelFacts(name=name, image_size=size, in_channels=int(channels or 3), stride=int(stride or 1),
+                      any_size=info.any_size, num_timesteps=info.num_timesteps, schedule=info.schedule,
+                      default_weights=info.default_weights)
 
 
 def _random_network(config: ADMConfig | DDPMConfig, device: torch.device, seed: int) -> nn.Module:
