@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from ddnm import models  # noqa: E402
-from ddnm.api import sample_batch  # noqa: E402
+from ddnm.api import Sampling, sample_batch  # noqa: E402
 from ddnm.metrics import psnr  # noqa: E402
 from ddnm.operators import build as build_operator  # noqa: E402
 from ddnm.sampling import linear_schedule, travel_steps  # noqa: E402
@@ -138,7 +138,8 @@ def measure_ours(name, model, batch, variant, args, device, flops) -> Row:
     keys = [f"img{i:04d}" for i in range(batch)]
 
     def run(steps):
-        return sample_batch(model, op, y, keys=keys, seed=0, steps=steps, eta=ETA).x
+        return sample_batch(model, op, y, keys=keys, sampling=Sampling(steps=steps, eta=ETA,
+                                                                      canvas="whole")).x
 
     try:
         for _ in range(2 if "graphs" in variant else 1):  # compile / record graphs outside the timing
@@ -161,7 +162,7 @@ def auto_batch_size(name: str, size: int, device: torch.device, dtype: str) -> i
     from cluster.config import WorkerConfig
     from cluster.restorer import BatchRestorer
 
-    config = WorkerConfig(input_url="", output_url="", task="sr_avgpool", task_settings={"scale": SCALE},
+    config = WorkerConfig.flat(input_url="", output_url="", task="sr_avgpool", task_settings={"scale": SCALE},
                           mode="evaluate", model=name, checkpoint="random", dtype=dtype, steps=1, eta=ETA)
     sampler = BatchRestorer(config, device)
     try:
@@ -197,7 +198,8 @@ def bf16_psnr_gap(*, steps: int = 4, images: int = 4, device: str | torch.device
     keys = [f"k{i}" for i in range(images)]
     out = {}
     for tag, m in (("fp32", fp32), ("bf16", bf16)):
-        restored = sample_batch(m, op, y, keys=keys, seed=0, steps=steps, eta=ETA).x
+        restored = sample_batch(m, op, y, keys=keys, sampling=Sampling(steps=steps, eta=ETA,
+                                                                      canvas="whole")).x
         out[tag] = psnr((restored.clamp(-1, 1) + 1) / 2, (x + 1) / 2).tolist()
     gap = max(abs(a - b) for a, b in zip(out["fp32"], out["bf16"], strict=True))
     return {"model": name, "size": size, "psnr_fp32": out["fp32"], "psnr_bf16": out["bf16"],

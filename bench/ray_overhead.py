@@ -99,7 +99,7 @@ def ray_job(cfg: dict, shards: list[dict], workers: int, worker_cls=None) -> tup
     n = sum(len(s["keys"]) for s in shards)
     got: list[tuple[float, dict]] = []
     kw = {"worker_cls": worker_cls} if worker_cls else {}
-    d = Dispatcher(WorkerConfig(**cfg), num_workers=workers, gpus_per_worker=0, cpus_per_worker=1, **kw)
+    d = Dispatcher(WorkerConfig.flat(**cfg), num_workers=workers, gpus_per_worker=0, cpus_per_worker=1, **kw)
     t0 = time.monotonic()
     d.run(shards, lambda s: got.append((time.monotonic(), s)))
     t2 = time.monotonic()

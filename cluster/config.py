@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddnm.canvas import Canvas
 from ddnm.restoration import MODES, Task
+from ddnm.solvers import Sampling
 
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerConfig:
-    """One job's settings as a worker uses them (all JSON-able)."""
+    """One job's settings as a worker uses them (plain values and one frozen Sampling)."""
 
     input_url: str
     """The root the shard keys are relative to (the resolved input folder, or a manifest's root)."""
@@ -33,17 +33,12 @@ class WorkerConfig:
     """A model registry name."""
     checkpoint: str | None = None
     """A local path or object-storage URL of the weights, "random", or None (bundled)."""
-    dtype: str = "fp32"
-    """The model's compute dtype (fp32, bf16, fp16)."""
-    steps: int = 100
-    eta: float = 0.85
-    sigma_y: float = 0.0
-    """Observation noise std on the [0, 1] scale (x2 inside ddnm)."""
-    travel: tuple[int, int, int] = (1, 1, 1)
-    samples: int = 1
+    sampling: Sampling = field(default_factory=Sampling)
+    """The solver, its settings, steps, eta, sigma_y, travel, samples, seed, the model's compute dtype
+    and the canvas (``ddnm.solvers.Sampling``, validated once by the driver; passed unchanged to
+    ``ddnm.restoration.restore_batch``)."""
     batch_size: int | None = None
     """Images per sampler call; None: automatic (from free accelerator memory)."""
-    seed: int = 0
     panels: bool = False
     """Also write side-by-side panels (observation | restored | ground truth)."""
     threads: int | None = None
@@ -56,24 +51,37 @@ class WorkerConfig:
     """FID Inception weights (local path or URL); None: no features, no FID / KID."""
     storage_options: dict[str, Any] = field(default_factory=dict)
     """fsspec options for every URL above."""
-    canvas: str = "auto"
-    """How images meet the model: auto, whole, tiled, maskshift (``ddnm.canvas.Canvas``)."""
-    tile: int | None = None
-    """Tile / window side; None: the model's native size."""
-    tile_overlap: int | None = None
-    """Pixels shared by neighbouring tiles; None: tile // 4 (tiled), tile // 2 (mask-shift)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.lpips_net not in ("alex", "vgg"):
             raise ValueError(f"lpips_net must be alex or vgg, got {self.lpips_net!r}")
-        object.__setattr__(self, "travel", tuple(int(v) for v in self.travel))
+        if not isinstance(self.sampling, Sampling):
+            raise ValueError(f"sampling must be a ddnm.solvers.Sampling, got {type(self.sampling).__name__}")
+
+    @classmethod
+    def flat(cls, **fields: Any) -> WorkerConfig:
+        """A config from one flat set of keywords, the sampling ones (steps, eta, sigma_y, travel,
+        samples, seed, dtype, canvas, tile, tile_overlap, solver, solver_settings) gathered into the
+        Sampling (for scripts and tests; the driver builds its Sampling from the job spec)."""
+        from ddnm.canvas import Canvas
+
+        names = ("solver", "solver_settings", "steps", "eta", "sigma_y", "travel", "samples", "seed",
+                 "dtype")
+        given = {k: fields.pop(k) for k in names if k in fields}
+        if "travel" in given:
+            given["travel"] = tuple(given["travel"])
+        canvas = {k: fields.pop(k) for k in ("canvas", "tile", "tile_overlap") if k in fields}
+        if canvas:
+            given["canvas"] = Canvas(kind=canvas.get("canvas", "auto"), tile=canvas.get("tile"),
+                                     overlap=canvas.get("tile_overlap"))
+        return cls(sampling=Sampling(**given), **fields)
 
     @property
-    def canvas_spec(self) -> Canvas:
-        """The canvas setting (the worker adapts ``tile_batch`` to its device's memory)."""
-        return Canvas(kind=self.canvas, tile=self.tile, overlap=self.tile_overlap)
+    def dtype(self) -> str:
+        """The model's compute dtype (fp32, bf16, fp16, fp64)."""
+        return self.sampling.dtype or "fp32"
 
     @property
     def task_spec(self) -> Task:

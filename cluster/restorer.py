@@ -84,7 +84,8 @@ class BatchRestorer:
         self._size_checks: dict[tuple, str | None] = {}
         self._probed: dict[tuple, str | None] = {}
         self.scorer = PerceptualScorer(config, device) if PerceptualScorer.wanted(config) else None
-        self.canvas = config.canvas_spec
+        self.sampling = config.sampling
+        self.canvas = config.sampling.canvas
         self._tile_batch: int | None = None
 
     # --------------------------------------------------------------------------------- shapes, batch
@@ -106,7 +107,7 @@ class BatchRestorer:
     def check_memory(self, image_shape: tuple) -> str | None:
         """Why an image of prepared shape `image_shape` cannot be sampled in this worker's host memory
         (estimate :func:`canvas_bytes`), or None: refused before sampling, never killed by the OOM killer."""
-        need = canvas_bytes(self.x_shape(image_shape), self.config.samples)
+        need = canvas_bytes(self.x_shape(image_shape), self.sampling.samples)
         free = host_memory_available()
         if free is not None and need > free:
             c, h, w = self.x_shape(image_shape)
@@ -155,12 +156,18 @@ class BatchRestorer:
             if self.device.type != "cuda":
                 return max(1, min(CPU_BATCH_SIZE, CPU_BATCH_SIZE * t * t // (x_shape[1] * x_shape[2])))
             free, _ = torch.cuda.mem_get_info(self.device)
-            return max(1, min(MAX_BATCH_SIZE, int(0.3 * free / canvas_bytes(x_shape, self.config.samples))))
+            per_canvas = canvas_bytes(x_shape, self.sampling.samples) * self._memory
+            return max(1, min(MAX_BATCH_SIZE, int(0.3 * free / per_canvas)))
         if self.device.type != "cuda":
             return CPU_BATCH_SIZE
-        per_image = self._forward_peak(x_shape) * 2  # x_t, x0, eps, ...
+        per_image = self._forward_peak(x_shape) * 2 * self._memory  # x_t, x0, eps, ... (a backward: more)
         free, _ = torch.cuda.mem_get_info(self.device)
-        return max(1, min(MAX_BATCH_SIZE, int(0.6 * free / per_image) // self.config.samples))
+        return max(1, min(MAX_BATCH_SIZE, int(0.6 * free / per_image) // self.sampling.samples))
+
+    @property
+    def _memory(self) -> float:
+        """The solver's memory per image relative to a forward pass without gradients (``Solver.memory``)."""
+        return max(1.0, float(self.sampling.info.memory))
 
     def _forward_peak(self, shape: tuple) -> int:
         """Peak accelerator bytes of one batch-of-one model call on zeros of `shape` (CUDA only)."""
@@ -183,7 +190,7 @@ class BatchRestorer:
                 t = self.canvas.side(self.model)
                 per_tile = self._forward_peak((self.model.in_channels, t, t))
                 free, _ = torch.cuda.mem_get_info(self.device)
-                self._tile_batch = max(1, min(MAX_TILE_BATCH, int(0.5 * free / per_tile)))
+                self._tile_batch = max(1, min(MAX_TILE_BATCH, int(0.5 * free / per_tile / self._memory)))
         return self._tile_batch
 
     def _operator(self, x_shape: tuple, masks: torch.Tensor | None):
@@ -202,12 +209,11 @@ class BatchRestorer:
         x_shape = self.x_shape(tuple(images.shape[1:]))
         self._probe(x_shape, keys)
         op = self._operator(x_shape, masks)
-        canvas = self.canvas
-        if canvas.resolve(self.model, x_shape) != "whole":
-            canvas = dataclasses.replace(canvas, tile_batch=self.tile_batch())
+        sampling = self.sampling
+        if self.canvas.resolve(self.model, x_shape) != "whole":
+            sampling = sampling.replace(canvas=dataclasses.replace(self.canvas, tile_batch=self.tile_batch()))
         out = restore_batch(self.model, op, images.to(self.device, torch.float32), mode=cfg.mode, keys=keys,
-                            seed=cfg.seed, steps=cfg.steps, eta=cfg.eta, sigma_y=cfg.sigma_y,
-                            travel=cfg.travel, samples=cfg.samples, dtype=self.dtype, canvas=canvas)
+                            sampling=sampling)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         restored, view = out.images.cpu(), out.observation_images.cpu()

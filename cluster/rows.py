@@ -42,6 +42,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("in_width", "int64", "size of the input"),
     Column("out_height", "int64", "size of the restored image", result=True),
     Column("out_width", "int64", "size of the restored image", result=True),
+    Column("solver", "string", "the solver (`ddnm-batch solvers`): `ddnm`, `ddnm+`, ..."),
+    Column("solver_settings", "string", "the solver's settings with defaults filled in, JSON with sorted "
+           "keys"),
     Column("steps", "int64", "sampling steps"),
     Column("model_calls", "int64", "model calls per sample", result=True),
     Column("samples", "int64", "samples per image"),
@@ -93,9 +96,11 @@ def _rebuild(values: dict) -> Row:
 
 
 def new_row(key: str, *, task: str, mode: str, steps: int, samples: int, seed: int, worker: str, node: str,
-            shard_id: int, attempt: int) -> Row:
+            shard_id: int, attempt: int, solver: str | None = None,
+            solver_settings: str | None = None) -> Row:
     """A failed-until-restored row of image `key` with the job's and the shard's fields filled."""
-    return Row(key=key, status="failed", task=task, mode=mode, steps=int(steps), samples=int(samples),
+    return Row(key=key, status="failed", task=task, mode=mode, solver=solver, solver_settings=solver_settings,
+               steps=int(steps), samples=int(samples),
                seed=int(seed), worker=worker, node=node, shard_id=int(shard_id), attempt=int(attempt),
                seconds=0.0)
 

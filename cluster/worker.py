@@ -333,8 +333,10 @@ def shard_features(rows: list[Row], feats: dict[int, tuple]) -> dict:
 
 def shard_rows(config: WorkerConfig, shard: dict, *, worker: str, node: str) -> list[Row]:
     """A not-yet-restored row for every key of `shard`."""
-    return [new_row(k, task=config.task, mode=config.mode, steps=config.steps, samples=config.samples,
-                    seed=config.seed, worker=worker, node=node, shard_id=int(shard["shard_id"]),
+    s = config.sampling
+    return [new_row(k, task=config.task, mode=config.mode, steps=s.steps, samples=s.samples, seed=s.seed,
+                    solver=s.name, solver_settings=s.settings_json(), worker=worker, node=node,
+                    shard_id=int(shard["shard_id"]),
                     attempt=int(shard.get("attempt", 0))) for k in shard["keys"]]
 
 

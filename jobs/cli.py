@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
                                "else tiled"},
             "tile": {"type": int, "help": "tile / window side in px; None = the model's native size"},
             "tile-overlap": {"type": int, "help": "px shared by neighbouring tiles; None = tile/4"},
+            "solver": {"help": "a solver (see `ddnm-batch solvers`) or pkg.module:NAME; None = ddnm, "
+                               "or ddnm+ when sigma_y > 0"},
+            "set-solver": {"action": "append", "metavar": "KEY=VALUE", "field": "solver_settings",
+                           "help": "a solver setting, repeatable; unset ones take the solver's defaults"},
             "storage-option": {"action": "append", "metavar": "KEY=VALUE", "field": "storage_options",
                                "help": "an fsspec storage option (e.g. endpoint_url=...), repeatable"}}
     for name, kw in flag.items():
@@ -172,13 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--html", metavar="PATH", help="also write a static comparison page at PATH")
     c.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
                    help="an fsspec storage option, repeatable")
-    for name in ("tasks", "models"):
+    for name in ("tasks", "models", "solvers"):
         sub.add_parser(name, help=f"list {name}").add_argument(
             "--json", action="store_true", help="print JSON (default: off)")
     return p
 
 
-RUN_FLAG_FIELDS = {"set": "settings", "storage_option": "storage_options"}
+RUN_FLAG_FIELDS = {"set": "settings", "storage_option": "storage_options", "set_solver": "solver_settings"}
 """`run` flags whose spec field has another name; every other flag's dest is its field's name."""
 _NOT_SPEC = ("command", "job", "dry_run")
 

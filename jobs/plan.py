@@ -51,11 +51,11 @@ def make_shards(keys: list[str], shard_size: int, *, first_id: int = 0, costs: d
 
 def _costs(spec: JobSpec, root: str, keys: list[str]) -> dict[str, int]:
     """key -> cost (pixels x model calls, jobs/sizes.py) from the images' headers."""
-    from ddnm.models import list_models
+    from ddnm.models import model_facts
 
-    native = next((m["image_size"] for m in list_models() if m["name"] == spec.model), None)
+    native = model_facts(spec.model).image_size
     return sizes.image_costs(sizes.image_sizes(root, keys, spec.storage_options),
-                             tile=int(spec.tile or native or 256), model_calls=spec.model_calls())
+                             tile=spec.tile or native, model_calls=spec.model_calls())
 
 
 def _cut(spec: JobSpec, root: str, keys: list[str], *, first_id: int = 0, budget: int | None = None,
@@ -120,7 +120,11 @@ class Prepared:
 
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """['steps: 100 -> 50', ...] over the result fields of two specs' JSON dumps."""
+    """['steps: 100 -> 50', ...] over the result fields of two specs' JSON dumps (fields added by later
+    releases count as absent at their defaults on either side: ``jobs.spec.comparable_fields``)."""
+    from jobs.spec import comparable_fields
+
+    old, new = comparable_fields(old), comparable_fields(new)
     diffs = []
     for name in sorted(set(old) | set(new)):
         a, b = old.get(name), new.get(name)

@@ -86,7 +86,16 @@ def read_parquet_bytes(data: bytes) -> pa.Table:
 
 
 def read_table(url: str, options: dict[str, Any]) -> pa.Table:
-    return read_parquet_bytes(storage.read_bytes(url, options)).cast(SCHEMA)
+    return conform(read_parquet_bytes(storage.read_bytes(url, options)))
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """``table`` in :data:`SCHEMA`: columns a shard written by an earlier release lacks (canvas, lpips,
+    solver, ...) become nulls, so its rows stay valid beside new ones; unknown columns are dropped."""
+    n = table.num_rows
+    columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(n, f.type)
+               for f in SCHEMA]
+    return pa.Table.from_arrays(columns, names=SCHEMA.names).cast(SCHEMA)
 
 
 def read_committed(output: str, options: dict[str, Any], shard_ids: set[int] | None = None) -> pa.Table:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cluster.config import WorkerConfig
 from ddnm.operators import is_custom, is_mask_file
+from ddnm.solvers import Sampling
 from jobs.errors import JobError, SpecError
 
 __all__ = ["JobError", "JobSpec", "SpecError", "parse_assignments", "parse_travel"]
@@ -27,13 +28,32 @@ __all__ = ["JobError", "JobSpec", "SpecError", "parse_assignments", "parse_trave
 RESULT_FIELDS = (
     "input", "task", "settings", "mask_url", "mode", "model", "checkpoint", "dtype", "steps",
     "eta", "sigma_y", "travel", "samples", "seed", "panels", "canvas", "tile", "tile_overlap",
+    "solver", "solver_settings",
 )
 # The perceptual metrics' weights change the metrics too; they join the hash only when a weights file is
 # given, so the hash of a job without them (and a resume of an output written before they existed) stays.
 PERCEPTUAL_FIELDS = ("lpips_weights", "lpips_net", "inception_weights")
-CANVAS_DEFAULTS = {"canvas": "auto", "tile": None, "tile_overlap": None}
-"""Result fields left out of the hash at their defaults, so outputs written before they existed resume."""
+ABSENT_DEFAULTS = {"canvas": "auto", "tile": None, "tile_overlap": None, "solver": None,
+                   "solver_settings": {}}
+"""Result fields added after the first release, left out of the hash and of the comparison with an
+existing output when at their defaults, so outputs written before they existed resume (``solver`` is at
+its default when it names the solver a run without one gets: :func:`ddnm.solvers.default_solver`)."""
 _SECRET_WORDS = ("secret", "token", "password", "credential", "key")
+
+
+def comparable_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Result fields (this release's or an earlier ``_spec.json``'s) less those at their absent defaults
+    (:data:`ABSENT_DEFAULTS`): the form the spec hash covers and a resume compares."""
+    from ddnm.solvers import default_solver
+
+    out = {}
+    for name, value in fields.items():
+        if name == "solver" and value == default_solver(fields.get("sigma_y") or 0.0):
+            continue
+        if name in ABSENT_DEFAULTS and value == ABSENT_DEFAULTS[name]:
+            continue
+        out[name] = value
+    return out
 
 
 def _tasks() -> dict:
@@ -179,6 +199,10 @@ class JobSpec(BaseModel):
                              "native size")
     tile_overlap: int | None = Field(None, ge=0, description="px shared by neighbouring tiles; None = "
                                      "tile/4 (tiled), tile/2 (mask-shift)")
+    solver: str | None = Field(None, description="the solver (`ddnm-batch solvers`) or "
+                               "'pkg.module:NAME'; None = ddnm, or ddnm+ when sigma_y > 0")
+    solver_settings: dict[str, Any] = Field(default_factory=dict, description="the solver's own settings "
+                                            "(--set-solver k=v); unset ones take the solver's defaults")
 
     @field_validator("travel", mode="before")
     @classmethod
@@ -211,23 +235,29 @@ class JobSpec(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        from ddnm.models import REGISTRY
-        if value not in REGISTRY:
-            raise ValueError(f"unknown model; known models: {', '.join(sorted(REGISTRY))}")
+        from ddnm.models import model_facts
+        model_facts(value)  # ValueError naming the known models
         return value
 
     @model_validator(mode="after")
-    def _travel_fits_steps(self) -> JobSpec:
-        from ddnm.sampling import travel_steps
+    def _sampling_fits(self) -> JobSpec:
+        """The sampling settings make one valid ``Sampling`` whose steps and travel fit the model's T;
+        the solver's settings are stored typed."""
         T = self.timesteps
         if self.steps > T:
             raise SpecError(f"steps={self.steps}: model {self.model} has {T} diffusion steps; "
                             f"give at most {T}")
+        sampling = self.sampling()
         try:
-            travel_steps(self.steps, T, *self.travel)
+            sampling.model_calls(T)
         except ValueError as exc:
             travel = ",".join(map(str, self.travel))
             raise SpecError(f"travel={travel} with steps={self.steps}: {exc}") from None
+        if not is_custom(self.task):
+            refusal = sampling.info.refusal(_tasks()[self.task], task=self.task)
+            if refusal:
+                raise SpecError(f"--solver {sampling.name} --task {self.task}: {refusal}")
+        object.__setattr__(self, "solver_settings", dict(sampling.solver_settings))
         return self
 
     @model_validator(mode="after")
@@ -271,17 +301,21 @@ class JobSpec(BaseModel):
         """
         data: dict[str, Any] = load_yaml(file) if file else {}
         sets = flags.pop("set", None)
+        solver_sets = flags.pop("set_solver", None)
         opts = flags.pop("storage_option", None)
         for key, value in flags.items():
             if value is None:
                 continue
             key = key.replace("-", "_")
-            if key in ("settings", "storage_options") and isinstance(value, dict):
+            if key in ("settings", "storage_options", "solver_settings") and isinstance(value, dict):
                 data[key] = {**data.get(key, {}), **value}
             else:
                 data[key] = value
         if sets:
             data["settings"] = {**data.get("settings", {}), **parse_assignments(sets, field="--set")}
+        if solver_sets:
+            data["solver_settings"] = {**(data.get("solver_settings") or {}),
+                                       **parse_assignments(solver_sets, field="--set-solver")}
         if opts:
             parsed = _yaml_scalar(parse_assignments(opts, field="--storage-option"))
             data["storage_options"] = {**data.get("storage_options", {}), **parsed}
@@ -299,9 +333,7 @@ class JobSpec(BaseModel):
         fields = {name: dumped[name] for name in RESULT_FIELDS}
         if self.lpips_weights or self.inception_weights:
             fields.update({name: dumped[name] for name in PERCEPTUAL_FIELDS})
-        return fields
-        return {name: dumped[name] for name in RESULT_FIELDS
-                if not (name in CANVAS_DEFAULTS and dumped[name] == CANVAS_DEFAULTS[name])}
+        return comparable_fields(fields)
 
     def spec_hash(self) -> str:
         text = json.dumps(self.result_fields(), sort_keys=True, separators=(",", ":"))
@@ -316,13 +348,25 @@ class JobSpec(BaseModel):
     @property
     def timesteps(self) -> int:
         """T of the model's noise schedule (it travels with the model's registry entry)."""
-        from ddnm.models import REGISTRY
-        return REGISTRY[self.model].num_timesteps
+        from ddnm.models import model_facts
+        return model_facts(self.model).num_timesteps
 
     def model_calls(self) -> int:
-        """Model calls per sample of one image (steps and time travel)."""
-        from ddnm.sampling import model_calls, travel_steps
-        return model_calls(travel_steps(self.steps, self.timesteps, *self.travel))
+        """Model calls per sample of one image (the solver's count for these steps and travel)."""
+        return self.sampling().model_calls(self.timesteps)
+
+    def sampling(self) -> Sampling:
+        """The job's one :class:`ddnm.solvers.Sampling` (solver, settings, steps, noise, canvas);
+        SpecError naming the field and the bad value."""
+        from ddnm.canvas import Canvas
+
+        try:
+            return Sampling(solver=self.solver, solver_settings=self.solver_settings, steps=self.steps,
+                            eta=self.eta, sigma_y=self.sigma_y, travel=self.travel, samples=self.samples,
+                            seed=self.seed, dtype=self.dtype,
+                            canvas=Canvas(kind=self.canvas, tile=self.tile, overlap=self.tile_overlap))
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
 
     def to_worker_config(self, *, input_url: str | None = None) -> WorkerConfig:
         """What the workers get. `input_url` = the resolved input root (the folder the keys are
@@ -331,13 +375,10 @@ class JobSpec(BaseModel):
             input_url=input_url or self.input, output_url=self.output,
             storage_options=dict(self.storage_options), mode=self.mode,
             task=self.task, task_settings=dict(self.settings), mask_url=self.mask_url,
-            model=self.model, checkpoint=self.checkpoint, dtype=self.dtype,
-            steps=self.steps, eta=self.eta, sigma_y=self.sigma_y,
-            travel=self.travel, samples=self.samples, batch_size=self.batch_size,
-            seed=self.seed, panels=self.panels, threads=self.threads,
+            model=self.model, checkpoint=self.checkpoint, sampling=self.sampling(),
+            batch_size=self.batch_size, panels=self.panels, threads=self.threads,
             lpips_weights=self.lpips_weights, lpips_net=self.lpips_net,
             inception_weights=self.inception_weights,
-            canvas=self.canvas, tile=self.tile, tile_overlap=self.tile_overlap,
         )
 
 

@@ -24,7 +24,7 @@ def _config(tmp_path, **kw) -> WorkerConfig:
                checkpoint="random", dtype="fp32", steps=2, eta=0.85, sigma_y=0.0, travel=[1, 1, 1],
                samples=1, batch_size=2, seed=0, panels=False, threads=1)
     cfg.update(kw)
-    return WorkerConfig(**cfg)
+    return WorkerConfig.flat(**cfg)
 
 
 def _images(root: str, n: int, size: int = 16) -> list[str]:

@@ -34,7 +34,7 @@ def _job(tmp_path, n_shards: int, per_shard: int, **kw):
                task_settings={"scale": 2}, mask_url=None, model="tiny", checkpoint="random", dtype="fp32",
                steps=3, eta=0.85, sigma_y=0.0, travel=[1, 1, 1], samples=1, batch_size=2, seed=0,
                panels=False, threads=1)
-    cfg = WorkerConfig(**{**cfg, **kw})
+    cfg = WorkerConfig.flat(**{**cfg, **kw})
     shards = [{"shard_id": i, "keys": keys[i * per_shard:(i + 1) * per_shard], "attempt": 0}
               for i in range(n_shards)]
     return cfg, shards, keys

@@ -28,7 +28,7 @@ def config(input_url: str, output_url: str, **kw) -> WorkerConfig:
                checkpoint="random", dtype="fp32", steps=2, eta=0.85, sigma_y=0.0, travel=[1, 1, 1],
                samples=1, batch_size=None, seed=0, panels=False, threads=1)
     cfg.update(kw)
-    return WorkerConfig(**cfg)
+    return WorkerConfig.flat(**cfg)
 
 
 def write_inputs(put, n: int = 5, size: int = 16) -> list[str]:

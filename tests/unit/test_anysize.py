@@ -126,7 +126,7 @@ def test_a_canvas_too_large_for_host_memory_fails_before_sampling(monkeypatch):
     from cluster import restorer
     from cluster.config import WorkerConfig
 
-    r = restorer.BatchRestorer(WorkerConfig(input_url="x", output_url="y", task="sr_avgpool",
+    r = restorer.BatchRestorer(WorkerConfig.flat(input_url="x", output_url="y", task="sr_avgpool",
                                             task_settings={"scale": 4}, model="tiny", steps=2),
                                torch.device("cpu"))
     monkeypatch.setattr(restorer, "host_memory_available", lambda: 2**30)

@@ -34,7 +34,7 @@ CASES = [(t, m) for t in sorted(TASKS) for m in ("evaluate", "restore")
 
 @pytest.mark.parametrize(("task", "mode"), CASES, ids=[f"{t}-{m}" for t, m in CASES])
 def test_notebook_and_worker_paths_agree(task, mode, one_thread):
-    config = WorkerConfig(input_url="", output_url="", task=task, task_settings=SETTINGS.get(task, {}),
+    config = WorkerConfig.flat(input_url="", output_url="", task=task, task_settings=SETTINGS.get(task, {}),
                           mode=mode, model="tiny", checkpoint="random", steps=3, sigma_y=0.02, seed=5)
     worker = BatchRestorer(config, torch.device("cpu"))
     keys = ["a/x.png", "b.png"]
@@ -63,7 +63,7 @@ def test_grey_low_res_photo_restores_in_the_notebook_as_in_a_job(one_thread):
 
 
 def test_cs_tasks_cannot_restore_from_an_image_and_say_so():
-    config = WorkerConfig(input_url="", output_url="", task="cs_walsh", mode="restore", model="tiny",
+    config = WorkerConfig.flat(input_url="", output_url="", task="cs_walsh", mode="restore", model="tiny",
                           checkpoint="random")
     worker = BatchRestorer(config, torch.device("cpu"))
     assert "cannot read its observation from an image" in worker.check_size((3, SIZE, SIZE))

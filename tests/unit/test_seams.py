@@ -41,7 +41,7 @@ def test_cli_flags_job_file_fields_and_spec_agree(tmp_path):
               "storage_options": {}, "worker_start_timeout": 60.0, "wait_for_lease": True,
               "lease_ttl": 30.0, "lpips_weights": None, "lpips_net": "vgg",
               "inception_weights": None, "canvas": "tiled", "tile": 16,
-              "tile_overlap": 4}
+              "tile_overlap": 4, "solver": "ddnm", "solver_settings": {}}
     assert set(values) == fields, "update this test's job file when a field is added"
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({k.replace("_", "-"): v for k, v in values.items()}))

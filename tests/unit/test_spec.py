@@ -22,14 +22,16 @@ def test_defaults_and_worker_config_contract():
     cfg = spec.to_worker_config()
     assert {f.name for f in dataclasses.fields(cfg)} == {
         "input_url", "output_url", "storage_options", "mode", "task", "task_settings", "mask_url", "model",
-        "checkpoint", "dtype", "steps", "eta", "sigma_y", "travel", "samples", "batch_size", "seed", "panels",
-        "threads", "lpips_weights", "lpips_net", "inception_weights",
-        "canvas", "tile", "tile_overlap"}
+        "checkpoint", "sampling", "batch_size", "panels", "threads", "lpips_weights", "lpips_net",
+        "inception_weights"}
     assert cfg.task_settings == {"scale": 4} and isinstance(cfg.task_settings["scale"], int)
-    assert cfg.travel == (1, 1, 1) and cfg.mode == "restore"  # a user's own photos are restored as they are
+    assert cfg.sampling.travel == (1, 1, 1) and cfg.mode == "restore"  # own photos are restored as they are
+    assert cfg.sampling.name == "ddnm" and cfg.sampling == spec.sampling()
     assert spec.to_worker_config(input_url="s3://b/root").input_url == "s3://b/root"
     with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.steps = 3  # frozen: what the driver sent is what every worker runs
+        cfg.sampling = None  # frozen: what the driver sent is what every worker runs
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.sampling.steps = 3
 
 
 def test_yaml_file_and_flags_override(tmp_path):
