@@ -18,6 +18,7 @@ import pandas as pd
 from cluster import storage
 from jobs import html_report as hr
 from jobs.errors import EXIT_OK, JobError
+from jobs.summary import run_solver
 
 RESAMPLES = 2000
 
@@ -73,7 +74,8 @@ def print_tables(runs: list[dict], pairs: list[tuple], stream=None) -> None:
         sm = (run["manifest"] or {}).get("set_metrics") or {}
         s = run["spec"].get("spec", {})
         print(
-            f"run {chr(65 + i)}: {run['output']}  (steps {s.get('steps')}, {len(run['df'])} images, "
+            f"run {chr(65 + i)}: {run['output']}  ({run_solver(run['spec']) or '?'}, steps {s.get('steps')}, "
+            f"{len(run['df'])} images, "
             f"FID {hr.fmt(sm.get('fid'), '.3f')}, KID {hr.fmt(sm.get('kid'), '.5f')})",
             file=stream,
         )
@@ -98,9 +100,10 @@ def print_tables(runs: list[dict], pairs: list[tuple], stream=None) -> None:
 
 def _page(runs: list[dict], pairs: list[tuple], thumbs: list, top: int) -> str:
     parts = [
-        "<h1>DDNM run comparison</h1>",
+        f"<h1>Run comparison: {html.escape(' vs '.join(_solvers(runs)))}</h1>",
         "<h2>Runs</h2>",
-        "<table><tr><th class=l>run</th><th class=l>output</th><th class=l>task</th><th>steps</th>"
+        "<table><tr><th class=l>run</th><th class=l>output</th><th class=l>task</th><th class=l>solver</th>"
+        "<th class=l>solver settings</th><th>steps</th>"
         "<th>images</th><th>ok</th><th>FID</th><th>KID</th><th>KID std</th></tr>",
     ]
     for i, run in enumerate(runs):
@@ -108,7 +111,10 @@ def _page(runs: list[dict], pairs: list[tuple], thumbs: list, top: int) -> str:
         s, df = run["spec"].get("spec", {}), run["df"]
         parts.append(
             f"<tr><td class=l><b>{chr(65 + i)}</b></td><td class=l><code>{html.escape(run['output'])}"
-            f"</code></td><td class=l>{html.escape(str(s.get('task')))}</td><td>{s.get('steps')}</td>"
+            f"</code></td><td class=l>{html.escape(str(s.get('task')))}</td>"
+            f"<td class=l>{html.escape(str(run_solver(run['spec']) or '?'))}</td>"
+            f"<td class=l>{html.escape(_settings_text(s.get('solver_settings')))}</td>"
+            f"<td>{s.get('steps')}</td>"
             f"<td>{len(df)}</td><td>{int((df['status'] == 'ok').sum())}</td>"
             + hr.num(sm.get("fid"), ".3f", metric=f"fid_{i}")
             + hr.num(sm.get("kid"), ".5f", metric=f"kid_{i}")
@@ -142,7 +148,16 @@ def _page(runs: list[dict], pairs: list[tuple], thumbs: list, top: int) -> str:
             keys = gap.index[:top].tolist()
             parts.append(f"<h3>The {len(keys)} keys where the runs differ most (|Δ {by.upper()}|)</h3>")
             parts.append(_side_by_side(runs[0], runs[b], chr(65 + b), keys, joined, by, thumbs[0], thumbs[b]))
-    return hr.page("DDNM run comparison", "".join(parts))
+    return hr.page(f"Run comparison: {' vs '.join(_solvers(runs))}", "".join(parts))
+
+
+def _solvers(runs: list[dict]) -> list[str]:
+    """Each run's solver, as the page titles name them (``A: DDNM``, ...)."""
+    return [f"{chr(65 + i)}: {hr.solver_title(run_solver(r['spec']) or '?')}" for i, r in enumerate(runs)]
+
+
+def _settings_text(settings: dict | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted((settings or {}).items())) or "defaults"
 
 
 def _side_by_side(
@@ -172,7 +187,7 @@ def _side_by_side(
         cells.append(
             f'<div class="key">{html.escape(k)}{stats}</div>'
             + "".join(
-                f"<div>{hr._img(t, f'{k} {label}')}</div>"
+                f"<div>{hr.img(t, f'{k} {label}')}</div>"
                 for t, label in (
                     (ta.get("restored"), "A"),
                     (tb.get("restored"), name_b),

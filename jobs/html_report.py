@@ -24,6 +24,7 @@ from cluster.images import decode_image, encode_png
 from cluster.outputs import output_urls
 from jobs import layout, results
 from jobs.errors import JobError
+from jobs.summary import run_solver, task_summary
 
 METRICS = {  # column -> (label, format, higher is better)
     "psnr": ("PSNR (dB)", ".2f", True),
@@ -127,31 +128,6 @@ def load_run(output: str, options: dict[str, Any]) -> dict[str, Any]:
     return {"output": output, "df": table.to_pandas(), "manifest": manifest, "spec": spec}
 
 
-def task_summary(df: pd.DataFrame, manifest: dict | None) -> list[dict[str, Any]]:
-    """Per task: counts, mean and median of each metric over ok rows, images/s, model calls."""
-    out = []
-    run = (manifest or {}).get("run", {})
-    for task, g in df.groupby("task", dropna=False, sort=True):
-        ok = g[g["status"] == "ok"]
-        shard_secs = g.drop_duplicates(["shard_id", "attempt"])["shard_seconds"].sum()
-        row = {
-            "task": task,
-            "count": len(g),
-            "ok": len(ok),
-            "failed": len(g) - len(ok),
-            "img_per_s": run.get("images_per_second"),
-            "img_per_s_worker": len(g) / shard_secs if shard_secs else None,
-            "model_calls": float((ok["model_calls"] * ok["samples"]).mean()) if len(ok) else None,
-        }
-        for m in METRICS:
-            vals = ok[m].dropna()
-            row[f"{m}_mean"] = float(vals.mean()) if len(vals) else None
-            row[f"{m}_median"] = float(vals.median()) if len(vals) else None
-            row[f"{m}_n"] = len(vals)
-        out.append(row)
-    return out
-
-
 def pick_keys(df: pd.DataFrame, *, per_group: int = 3, sample: int = 6, seed: int = 0) -> dict[str, list]:
     """Worst, median and best ok keys by PSNR (by consistency without PSNR), and a seeded sample."""
     ok = df[df["status"] == "ok"]
@@ -234,7 +210,12 @@ def page(title: str, body: str) -> str:
     )
 
 
-def _img(link: str | None, alt: str) -> str:
+def solver_title(solver: str) -> str:
+    """A solver's name as a page title writes it (``ddnm+`` -> ``DDNM+``)."""
+    return str(solver).upper()
+
+
+def img(link: str | None, alt: str) -> str:
     return (
         f'<img src="{html.escape(link)}" alt="{html.escape(alt)}">' if link else '<div class="note">–</div>'
     )
@@ -261,7 +242,7 @@ def grid(run: dict[str, Any], keys: list[str], thumbs: Thumbs, df: pd.DataFrame)
         )
         cells.append(
             f'<div class="key">{html.escape(k)}{stats}</div>'
-            + "".join(f"<div>{_img(rows[k].get(role), f'{k} {role}')}</div>" for role in order)
+            + "".join(f"<div>{img(rows[k].get(role), f'{k} {role}')}</div>" for role in order)
         )
     style = f"grid-template-columns:minmax(140px,220px) repeat({len(order)},130px)"
     return f'<div class="grid" style="{style}">{head}{"".join(cells)}</div>'
@@ -270,12 +251,15 @@ def grid(run: dict[str, Any], keys: list[str], thumbs: Thumbs, df: pd.DataFrame)
 def summary_tables(summary: list[dict[str, Any]], set_metrics: dict | None) -> str:
     """Counts and throughput per task; then, per task, one row per metric: mean, median, n."""
     out = [
-        "<table><tr><th class=l>task</th><th>images</th><th>ok</th><th>failed</th><th>images/s</th>"
+        "<table><tr><th class=l>task</th><th class=l>solver</th><th>images</th><th>ok</th><th>failed</th>"
+        "<th>images/s</th>"
         "<th>images/s per worker</th><th>model calls per image</th></tr>"
     ]
     for s in summary:
         out.append(
-            f"<tr><td class=l>{html.escape(str(s['task']))}</td>{num(s['count'], 'd', metric='count')}"
+            f"<tr><td class=l>{html.escape(str(s['task']))}</td>"
+            f"<td class=l>{html.escape(str(s['solver']))}</td>"
+            f"{num(s['count'], 'd', metric='count')}"
             f"<td class=ok>{s['ok']}</td><td class={'bad' if s['failed'] else 'ok'}>{s['failed']}</td>"
             + num(s["img_per_s"], ".3f", metric="img_per_s")
             + num(s["img_per_s_worker"], ".3f", metric="img_per_s_worker")
@@ -286,7 +270,8 @@ def summary_tables(summary: list[dict[str, Any]], set_metrics: dict | None) -> s
     sm = set_metrics or {}
     kid_std = "–" if sm.get("kid_std") is None else "± " + fmt(sm["kid_std"], ".5f")
     for s in summary:
-        title = f"<h3>{html.escape(str(s['task']))}</h3>" if len(summary) > 1 else ""
+        title = (f"<h3>{html.escape(str(s['task']))} · {html.escape(str(s['solver']))}</h3>"
+                 if len(summary) > 1 else "")
         out.append(
             f"{title}<table><tr><th class=l>metric</th><th>mean</th><th>median</th><th>images</th>"
             "<th class=l>better</th></tr>"
@@ -313,10 +298,11 @@ def render(run: dict[str, Any], thumbs: Thumbs, *, seed: int = 0) -> str:
     df, manifest, spec = run["df"], run["manifest"], run["spec"]
     s = spec.get("spec", {})
     sm = (manifest or {}).get("set_metrics")
-    summary = task_summary(df, manifest)
+    solver = run_solver(spec) or "?"
+    summary = task_summary(df, manifest, solver=solver)
     settings = ", ".join(f"{k}={v}" for k, v in (s.get("settings") or {}).items())
     parts = [
-        f"<h1>DDNM evaluation: {html.escape(str(s.get('task', '?')))}"
+        f"<h1>{html.escape(solver_title(solver))} evaluation: {html.escape(str(s.get('task', '?')))}"
         f"{' (' + html.escape(settings) + ')' if settings else ''}</h1>",
         f'<p class="meta">output <code>{html.escape(run["output"])}</code> · mode {s.get("mode")} · '
         f"model {html.escape(str(s.get('model')))} · {s.get('steps')} steps · eta {s.get('eta')} · "
@@ -384,7 +370,7 @@ def render(run: dict[str, Any], thumbs: Thumbs, *, seed: int = 0) -> str:
         f'<p class="meta" style="margin-top:30px">manifest counts: '
         f"<code>{html.escape(json.dumps((manifest or {}).get('counts', {})))}</code></p>"
     )
-    return page(f"DDNM report {s.get('task', '')}", "".join(parts))
+    return page(f"{solver_title(solver)} report {s.get('task', '')}", "".join(parts))
 
 
 def write_report(output: str, options: dict[str, Any], *, seed: int = 0) -> str:

@@ -1,4 +1,5 @@
-"""`status`, `report`, `tasks` and `models`: reading a job's output back, listing the registries."""
+"""`status`, `report`, `tasks`, `models` and `solvers`: reading a job's output back, listing the
+registries."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from cluster import storage
 from jobs import layout, lease, results
 from jobs.errors import EXIT_FAILED_IMAGES, EXIT_OK, JobError
+from jobs.summary import run_solver, task_summary
 
 
 def read_plan(output: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -66,20 +68,11 @@ def _table(output: str, options: dict[str, Any]):
 
 
 def summarize(output: str, options: dict[str, Any]) -> list[dict[str, Any]]:
-    """One dict per task: count, ok, failed, mean psnr/ssim/consistency (ok rows), images/s."""
+    """One dict per task and solver (``jobs.summary.task_summary``), with the output's URL."""
     table, manifest = _table(output, options)
-    df = table.to_pandas()
-    rows = []
-    for task, g in df.groupby("task", dropna=False, sort=True):
-        ok = g[g["status"] == "ok"]
-        shard_secs = g.drop_duplicates(["shard_id", "attempt"])["shard_seconds"].sum()
-        rows.append({
-            "output": output, "task": task, "count": len(g), "ok": len(ok), "failed": len(g) - len(ok),
-            "psnr": ok["psnr"].mean(), "ssim": ok["ssim"].mean(), "consistency": ok["consistency"].mean(),
-            "img_per_s_worker": len(g) / shard_secs if shard_secs else None,
-            "img_per_s": (manifest or {}).get("run", {}).get("images_per_second"),
-        })
-    return rows
+    spec_file = storage.read_json(storage.join(output, layout.SPEC_FILE), options)
+    rows = task_summary(table.to_pandas(), manifest, solver=run_solver(spec_file))
+    return [{"output": output, **r} for r in rows]
 
 
 def _fmt(v: Any, nd: int = 3) -> str:
@@ -90,13 +83,15 @@ def _fmt(v: Any, nd: int = 3) -> str:
 
 def print_rows(rows: list[dict[str, Any]], stream=None) -> None:
     stream = stream or sys.stdout
-    head = f"{'task':<14} {'count':>6} {'ok':>5} {'failed':>6} {'PSNR':>7} {'SSIM':>6} {'consist.':>9} " \
+    head = f"{'task':<14} {'solver':<8} {'count':>6} {'ok':>5} {'failed':>6} {'PSNR':>7} {'SSIM':>6} " \
+           f"{'consist.':>9} " \
            f"{'img/s':>7} {'img/s/wkr':>9}  output"
     print(head, file=stream)
     print("-" * len(head), file=stream)
     for r in rows:
-        print(f"{str(r['task']):<14} {r['count']:>6} {r['ok']:>5} {r['failed']:>6} {_fmt(r['psnr'], 2):>7} "
-              f"{_fmt(r['ssim']):>6} {_fmt(r['consistency'], 4):>9} {_fmt(r['img_per_s'], 2):>7} "
+        print(f"{str(r['task']):<14} {str(r['solver']):<8} {r['count']:>6} {r['ok']:>5} {r['failed']:>6} "
+              f"{_fmt(r['psnr_mean'], 2):>7} {_fmt(r['ssim_mean']):>6} {_fmt(r['consistency_mean'], 4):>9} "
+              f"{_fmt(r['img_per_s'], 2):>7} "
               f"{_fmt(r['img_per_s_worker'], 2):>9}  {r['output']}", file=stream)
 
 
@@ -117,7 +112,7 @@ def report_many(outputs: list[str], options: dict[str, Any]) -> None:
 
 
 def list_registry(kind: str, *, as_json: bool = False) -> int:
-    """`tasks` / `models`: delegated to ``python -m ddnm`` (one source for both commands)."""
+    """`tasks` / `models` / `solvers`: delegated to ``python -m ddnm`` (one source for both commands)."""
     from ddnm.__main__ import main as ddnm_main
 
     return ddnm_main([kind, "--json"] if as_json else [kind])
