@@ -66,6 +66,11 @@ class Solver:
     """Whether it can run in mask-shift windows (whose operator has an identity pseudo-inverse)."""
     calls: Callable[[int, int, tuple[int, int, int], Mapping[str, Any]], int] = steps_calls
     """``calls(steps, T, travel, settings)``: model calls per image."""
+    paper_steps: int | None = None
+    """The number of steps (``--steps``) its paper ran for 256 px SR, deblurring and inpainting: a
+    reference for the listing and the bench (a run's steps are always ``Sampling.steps``)."""
+    check: Callable[[Mapping[str, Any]], None] | None = None
+    """``check(settings)`` raises ValueError on a bad combination of settings (after typing)."""
     memory: float = 1.0
     """Accelerator memory per image relative to one forward pass without gradients (a backward pass
     through the network costs several): the worker's automatic batch size divides by it."""
@@ -81,6 +86,8 @@ class Solver:
         out = {k: v[0] for k, v in self.settings.items()}
         for k, v in given.items():
             out[k] = coerce(v, self.settings[k][1], name=k)
+        if self.check is not None:
+            self.check(out)
         return out
 
     def refusal(self, op, *, task: str | None = None) -> str | None:
@@ -103,4 +110,6 @@ class Solver:
             "travel": self.travel,
             "eta": self.eta,
             "maskshift": self.maskshift,
+            "paper_steps": self.paper_steps,
+            "memory": self.memory,
         }

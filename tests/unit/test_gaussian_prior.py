@@ -43,8 +43,8 @@ class GaussianPrior(torch.nn.Module):
         return self.mu + (self.S @ A.T @ torch.linalg.solve(G, (y - self.mu @ A.T).T)).T
 
 
-@pytest.fixture(scope="module")
-def prior():
+def make_prior() -> GaussianPrior:
+    """N(mu, S) of 16 x 16 grey patches of scikit-image's sample photos."""
     from skimage.color import rgb2gray
 
     photos = [skdata.camera() / 255.0, rgb2gray(skdata.astronaut()), rgb2gray(skdata.coffee()),
@@ -57,11 +57,21 @@ def prior():
     return GaussianPrior(mu, S)
 
 
-@pytest.fixture(scope="module")
-def pool():
+def make_pool():
+    """4x average-pool SR on 16 x 16 and its (16, 256) matrix."""
     op = build("sr_avgpool", x_shape=(1, P, P), scale=4, dtype=torch.float64)
     eye = torch.eye(P * P, dtype=torch.float64).view(-1, 1, P, P)
     return op, op.A(eye).flatten(1).T  # the (16, 256) matrix of A
+
+
+@pytest.fixture(scope="module")
+def prior():
+    return make_prior()
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return make_pool()
 
 
 def test_mean_of_ddnm_samples_approaches_the_posterior_mean(prior, pool):
