@@ -253,8 +253,17 @@ class JobSpec(BaseModel):
         except ValueError as exc:
             travel = ",".join(map(str, self.travel))
             raise SpecError(f"travel={travel} with steps={self.steps}: {exc}") from None
-        if not is_custom(self.task):
-            refusal = sampling.info.refusal(_tasks()[self.task], task=self.task)
+        if is_custom(self.task):  # the class says whether it has an SVD (Operator.has_svd)
+            from ddnm.operators import load_operator_class
+
+            try:
+                target = load_operator_class(self.task)
+            except (ValueError, ImportError):
+                target = None  # not importable here: the input checks name it
+        else:
+            target = _tasks()[self.task]
+        if target is not None:
+            refusal = sampling.info.refusal(target, task=self.task)
             if refusal:
                 raise SpecError(f"--solver {sampling.name} --task {self.task}: {refusal}")
         object.__setattr__(self, "solver_settings", dict(sampling.solver_settings))
