@@ -160,7 +160,10 @@ class BatchRestorer:
             return max(1, min(MAX_BATCH_SIZE, int(0.3 * free / per_canvas)))
         if self.device.type != "cuda":
             return CPU_BATCH_SIZE
-        per_image = self._forward_peak(x_shape) * 2 * self._memory  # x_t, x0, eps, ... (a backward: more)
+        if self.sampling.info.grad:  # measured: a forward and a backward through the network
+            per_image = self._forward_peak(x_shape, backward=True) * 2
+        else:
+            per_image = self._forward_peak(x_shape) * 2 * self._memory  # x_t, x0, eps, ...
         free, _ = torch.cuda.mem_get_info(self.device)
         return max(1, min(MAX_BATCH_SIZE, int(0.6 * free / per_image) // self.sampling.samples))
 
@@ -169,15 +172,25 @@ class BatchRestorer:
         """The solver's memory per image relative to a forward pass without gradients (``Solver.memory``)."""
         return max(1.0, float(self.sampling.info.memory))
 
-    def _forward_peak(self, shape: tuple) -> int:
-        """Peak accelerator bytes of one batch-of-one model call on zeros of `shape` (CUDA only)."""
+    def _forward_peak(self, shape: tuple, *, backward: bool = False) -> int:
+        """Peak accelerator bytes of one batch-of-one model call on zeros of `shape` (CUDA only); with
+        `backward`, of the call and a vector-Jacobian product back to its input (what PiGDM and DPS do
+        every step)."""
         torch.cuda.synchronize(self.device)
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
-        with torch.no_grad():
-            x = torch.zeros(1, *shape, device=self.device, dtype=self.dtype)
-            self.model(x, torch.full((1,), 500, device=self.device, dtype=torch.long))
+        t = torch.full((1,), 500, device=self.device, dtype=torch.long)
+        x = torch.zeros(1, *shape, device=self.device, dtype=self.dtype)
+        if backward:
+            with torch.enable_grad():
+                x.requires_grad_(True)
+                out = self.model(x, t)
+                torch.autograd.grad(out.float().sum(), x)
+            del out
+        else:
+            with torch.no_grad():
+                self.model(x, t)
         return max(torch.cuda.max_memory_allocated(self.device) - base, 1)
 
     def tile_batch(self) -> int:

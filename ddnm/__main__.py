@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             r["settings"] = ", ".join(f"{k}={v['default']}" for k, v in r["settings"].items()) or "-"
             r["needs"] = ", ".join(r["needs"]) or "-"
-        print(_table(rows, ["name", "needs", "grad", "travel", "settings", "description"]))
+        print(_table(rows, ["name", "paper_steps", "needs", "grad", "memory", "travel", "settings",
+                            "description"]))
     elif args.what == "tasks":
         for r in rows:
             r["settings"] = ", ".join(f"{k}={v['default']}" for k, v in r["settings"].items())

@@ -17,6 +17,15 @@ elsewhere; ``init = "noise"`` starts from pure noise as DDNM does. All fresh noi
 pixel-space draw per step from the image's generator, the draw DDNM makes: so with
 ``eta = eta_b = 1``, ``sigma_y = 0`` and ``init = "noise"`` DDRM is DDNM sample for sample (DDNM
 paper, sec. 3.4), which tests/unit/test_solver_math.py checks to float tolerance.
+
+Against the public code (bahjat-kawar/ddrm, ``efficient_generalized_steps``, run here on CPU in
+float64 with its noise and ours switched off, on our operators and the random-weight ``tiny`` model,
+10 steps, sigma_y 0 / 0.05 / 0.1, eta 0.85 / 0.5, eta_b 1 / 0.7, SR, deblurring, inpainting): every
+step's ``x0`` agrees to 1e-13 once two choices of that code are set aside. It scales ``x_T`` by
+``1 / sigma_T`` where the VP process has ``sqrt(abar_T)`` (a factor ``1 / sqrt(1 - abar_T)`` larger,
+6e-5 at t = 900); and with sigma_y = 0 its strict inequalities put the last step's range coefficients
+in no branch, so it returns the last ``x0`` unprojected, where the paper's rule (``>=``, used here)
+puts ``ybar`` there and the result is consistent.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def run_ddnm_plus(eps, y, op, alpha_bar, generators, sampling, callback=None):
     return _run(eps, y, op, alpha_bar, generators, sampling, callback, plus=True)
 
 
-_COMMON = dict(paper=PAPER, travel=True, eta=True, calls=travel_calls)
+_COMMON = dict(paper=PAPER, travel=True, eta=True, calls=travel_calls, paper_steps=100)
 DDNM = Solver(name="ddnm", run=run_ddnm, description="range-null-space projection every step (paper "
               "eq. 13), with time travel", **_COMMON)
 DDNM_PLUS = Solver(name="ddnm+", run=run_ddnm_plus, description="DDNM with the noise-aware update for "
