@@ -1,9 +1,12 @@
 """One writer per output: a lease object, OUTPUT/_lease.json, held by the run that plans and commits.
 
-The lease names its holder (host, pid, run id, Ray job id when the driver runs as a Ray job) and
-carries a heartbeat the holder renews every `heartbeat` seconds. Another run finds it and either exits
-with one line naming the holder and how long ago it beat, or waits (``--wait-for-lease``). A lease whose
-last heartbeat is older than its ``ttl`` belongs to a run that died: it is taken over, with a log line.
+The lease names its holder (host, pid, run id, Ray job id when the driver runs as a Ray job; the
+machine's boot id, its pid namespace and the process's start time) and carries a heartbeat the holder
+renews every `heartbeat` seconds. Another run finds it and either exits with one line naming the holder
+and how long ago it beat, or waits (``--wait-for-lease``). A lease whose last heartbeat is older than
+its ``ttl`` belongs to a run that died: it is taken over, with a log line. So is, at once, a lease whose
+holder ran on this machine (same host name, boot id and pid namespace) and is no longer running: its pid
+is gone, a zombie, or another process's (a different start time: pid reuse).
 The holder checks that it still holds the lease before every write of the plan, the final table and
 the manifest, and before committing each shard; a run that lost it stops (exit 1).
 
@@ -42,6 +45,53 @@ def describe(doc: dict[str, Any], now: float | None = None) -> str:
             f"last heartbeat {age:.0f} s ago")
 
 
+def _process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, field 22 of /proc/PID/stat); None when no
+    such process runs (none, or a zombie); -1 when it exists but /proc does not show it (hidepid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # someone else's process: it exists
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return -1
+    state, *rest = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    return None if state in ("Z", "X") else int(rest[18])
+
+
+def _machine() -> dict[str, Any]:
+    """What makes a pid meaningful: this boot of this machine, and this pid namespace (containers
+    sharing a host name, as with host networking, have pid namespaces of their own). {} off Linux."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        return {"boot_id": boot, "pid_ns": os.readlink("/proc/self/ns/pid")}
+    except OSError:
+        return {}
+
+
+def dead_here(doc: dict[str, Any]) -> bool:
+    """Whether the lease's holder ran on this machine, in this pid namespace, and runs no more.
+
+    False whenever that cannot be told (another host, a lease without these fields, no /proc): such
+    a lease is honoured until its ttl."""
+    machine = _machine()
+    if not machine or doc.get("host") != socket.gethostname() or doc.get("pid_start") is None:
+        return False
+    if any(doc.get(k) != v for k, v in machine.items()):
+        return False
+    try:
+        pid, started = int(doc["pid"]), int(doc["pid_start"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    now = _process_start(pid)
+    return now is None or (now != -1 and now != started)
+
+
 def read(output: str, options: dict[str, Any]) -> dict[str, Any] | None:
     """The current lease document, or None."""
     got = storage.read_tagged(storage.join(output, LEASE_FILE), options)
@@ -71,6 +121,7 @@ class Lease:
         now = time.time()
         return json.dumps({
             "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "pid_start": _process_start(os.getpid()), **_machine(),
             "ray_job_id": os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_JOB_ID"),
             "heartbeat": now, "heartbeat_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
             "ttl": self.ttl,
@@ -93,9 +144,10 @@ class Lease:
                 ttl = float(holder.get("ttl") or self.ttl)
             except (ValueError, KeyError, TypeError):
                 holder, age, ttl = {"host": "?", "pid": "?", "run_id": "?", "heartbeat": 0}, float("inf"), 0.0
-            if age > ttl:
-                self.log(f"taking over the lease on {self.output} from {describe(holder)} "
-                         f"(expired after {ttl:.0f} s)")
+            why = (f"expired after {ttl:.0f} s" if age > ttl else
+                   "its process is no longer running on this host" if dead_here(holder) else None)
+            if why:
+                self.log(f"taking over the lease on {self.output} from {describe(holder)} ({why})")
                 if self._write(tag):
                     break
                 continue

@@ -1,0 +1,111 @@
+"""Faults of the job's own state, with real driver processes on a local disk: a driver killed (SIGKILL of
+its process group) at the instant it commits a shard, corrupt files on resume, leases from skewed
+clocks, other hosts and dead processes.
+
+Each case ends with every key exactly once in metrics.parquet, every image file with its row, and,
+where a run is refused, one line naming the file and what to do (no traceback). The drivers join the
+shared local Ray (`--address`), so a killed one takes no Ray with it and a rerun starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from jobs.cli import main
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+N = 8
+
+
+def _job(tmp_path: Path) -> tuple[list[str], list[str], Path]:
+    """N 16 px inputs; (the run argv, the keys, the output folder): one image per shard."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    rng = np.random.default_rng(0)
+    keys = [f"p{i:02d}.png" for i in range(N)]
+    for k in keys:
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(inp / k)
+    argv = ["run", "--mode", "evaluate", "--input", str(inp), "--output", str(out), "--task", "sr_avgpool",
+            "--set", "scale=2", "--model", "tiny", "--checkpoint", "random", "--steps", "4",
+            "--shard-size", "1", "--workers", "1", "--gpus-per-worker", "1"]
+    return argv, keys, out
+
+
+def _driver(argv: list[str], ray_local) -> subprocess.Popen:
+    """`ddnm-batch run` in a process group of its own, joined to the shared Ray."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    address = ray_local.get_runtime_context().gcs_address
+    return subprocess.Popen([sys.executable, "-m", "jobs.cli", *argv, "--address", address], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _shards(out: Path) -> dict[str, bytes]:
+    """The committed shard files (name -> bytes); a '.tmp-' file is a write not yet done."""
+    folder = out / "shards"
+    names = os.listdir(folder) if folder.is_dir() else []
+    return {n: (folder / n).read_bytes() for n in names if n.endswith(".parquet") and not n.startswith(".")}
+
+
+def _kill_at_commit(proc: subprocess.Popen, out: Path, before: int) -> dict[str, bytes]:
+    """SIGKILL the driver's process group the moment a shard beyond the first `before` is committed."""
+    deadline = time.monotonic() + 180
+    try:
+        while len(_shards(out)) <= before:
+            assert proc.poll() is None, f"the driver ended first: {proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no shard was committed in 180 s"
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    return _shards(out)
+
+
+def _check_final(out: Path, keys: list[str]) -> pd.DataFrame:
+    """Every key once, ok; every image file has its row; the manifest is there, the lease gone."""
+    df = pd.read_parquet(out / "metrics.parquet")
+    assert sorted(df["key"]) == sorted(keys), "missing or duplicate rows"
+    assert (df["status"] == "ok").all(), df["error"].tolist()
+    images = out / "images"
+    files = sorted(str(p) for p in images.rglob("*") if p.is_file() and not p.name.startswith(".tmp-"))
+    assert files == sorted(df["output"]), "an image without its row, or a row without its image"
+    assert not [p for p in (out / "shards").iterdir() if p.name.startswith(".tmp-")]
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["counts"]["images"] == len(keys) and manifest["counts"]["shards_pending"] == 0
+    assert not (out / "_lease.json").exists()
+    return df
+
+
+# ----------------------------------------------------------------- a driver that died on this host
+
+def test_rerun_right_after_a_killed_driver_takes_its_lease_over(tmp_path, ray_local, capsys):
+    """The killed driver's lease (ttl an hour) names a process that no longer runs on this host: the
+    rerun, without --wait-for-lease, takes it over at once and finishes the job."""
+    argv, keys, out = _job(tmp_path)
+    proc = _driver([*argv, "--lease-ttl", "3600"], ray_local)
+    committed = _kill_at_commit(proc, out, before=0)
+    assert 1 <= len(committed) < N, "the driver should have died mid-job"
+    assert json.loads((out / "_lease.json").read_text())["pid"] == proc.pid  # left behind
+    capsys.readouterr()
+    assert main([*argv, "--lease-ttl", "3600"]) == 0
+    err = capsys.readouterr().err
+    assert f"taking over the lease on {out} from " in err and f":{proc.pid} (run " in err
+    assert "(its process is no longer running on this host)" in err, err
+    df = _check_final(out, keys)
+    assert (df["attempt"] == 0).all()
+    for name, data in committed.items():  # skipped, not redone
+        assert (out / "shards" / name).read_bytes() == data
