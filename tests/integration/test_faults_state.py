@@ -109,3 +109,26 @@ def test_rerun_right_after_a_killed_driver_takes_its_lease_over(tmp_path, ray_lo
     assert (df["attempt"] == 0).all()
     for name, data in committed.items():  # skipped, not redone
         assert (out / "shards" / name).read_bytes() == data
+
+
+# ------------------------------------------------------------------ killed at the instant of commit
+
+def test_driver_killed_at_commit_three_times(tmp_path, ray_local):
+    """Three drivers in a row are killed (SIGKILL of the process group) the moment they commit a
+    shard, each rerun started at once; the fourth finishes. Committed shards are never redone."""
+    argv, keys, out = _job(tmp_path)
+    committed: dict[str, bytes] = {}
+    for kill in range(3):
+        now = _kill_at_commit(_driver(argv, ray_local), out, before=len(committed))
+        assert len(committed) < len(now) < N, f"kill {kill}: the driver should have died mid-job"
+        assert [n for n in committed if now[n] != committed[n]] == [], "a committed shard was redone"
+        assert not (out / "metrics.parquet").exists() and not (out / "_manifest.json").exists()
+        committed = now
+    last = _driver(argv, ray_local)
+    _, err = last.communicate(timeout=300)
+    assert last.returncode == 0, err[-3000:]
+    assert "(its process is no longer running on this host)" in err
+    df = _check_final(out, keys)
+    assert (df["attempt"] == 0).all()
+    assert json.loads((out / "_manifest.json").read_text())["run"]["images"] == N - len(committed)
+    assert [n for n in committed if (out / "shards" / n).read_bytes() != committed[n]] == []
