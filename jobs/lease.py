@@ -17,7 +17,9 @@ What it guarantees depends on the store (``cluster.storage.write_if``):
 * other stores: check-then-write, so two runs started within the same moment could both take it; the
   re-check before every plan write still stops the loser at its first write.
 Expiry compares the holder's wall clock (in the heartbeat) with the reader's: clocks skewed by more
-than the ttl defeat it.
+than the ttl defeat it. A heartbeat in the future is never taken for an expired one: the refusal says
+the clocks differ. A lease from another host (or container) cannot have its process checked, so it
+is honoured until its ttl, and the refusal says so.
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ def describe(doc: dict[str, Any], now: float | None = None) -> str:
     """'host:pid (run 1a2b3c4d, Ray job 02000000), last heartbeat 12 s ago'."""
     age = (now or time.time()) - float(doc.get("heartbeat", 0))
     job = f", Ray job {doc['ray_job_id']}" if doc.get("ray_job_id") else ""
-    return (f"{doc.get('host')}:{doc.get('pid')} (run {str(doc.get('run_id'))[:8]}{job}), "
-            f"last heartbeat {age:.0f} s ago")
+    beat = f"{-age:.0f} s in the future" if age < -1 else f"{max(age, 0):.0f} s ago"
+    run = str(doc.get("run_id"))[:8]
+    return f"{doc.get('host')}:{doc.get('pid')} (run {run}{job}), last heartbeat {beat}"
 
 
 def _process_start(pid: int) -> int | None:
@@ -74,22 +77,42 @@ def _machine() -> dict[str, Any]:
         return {}
 
 
+def _checkable(doc: dict[str, Any]) -> bool:
+    """Whether the lease was written on this machine (host name, boot id), in this pid namespace, with
+    its process's start time: only then does its pid say whether its holder still runs."""
+    machine = _machine()
+    if not machine or doc.get("host") != socket.gethostname() or doc.get("pid_start") is None:
+        return False
+    return all(doc.get(k) == v for k, v in machine.items()) and str(doc.get("pid")).isdigit()
+
+
 def dead_here(doc: dict[str, Any]) -> bool:
     """Whether the lease's holder ran on this machine, in this pid namespace, and runs no more.
 
     False whenever that cannot be told (another host, a lease without these fields, no /proc): such
     a lease is honoured until its ttl."""
-    machine = _machine()
-    if not machine or doc.get("host") != socket.gethostname() or doc.get("pid_start") is None:
+    if not _checkable(doc):
         return False
-    if any(doc.get(k) != v for k, v in machine.items()):
-        return False
-    try:
-        pid, started = int(doc["pid"]), int(doc["pid_start"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    now = _process_start(pid)
-    return now is None or (now != -1 and now != started)
+    now = _process_start(int(doc["pid"]))
+    return now is None or (now != -1 and now != int(doc["pid_start"]))
+
+
+def _refusal(output: str, doc: dict[str, Any], age: float, ttl: float) -> str:
+    """The one line of a run refused because `doc` holds the output: who, and what the user can do."""
+    held = f"output {output} is in use by another run: {describe(doc)}"
+    delete = f"if no run is using this output, delete {storage.join(output, LEASE_FILE)} and run again"
+    if age < -1:
+        return (f"{held}: a heartbeat in the future, so the clocks of {doc.get('host')} and of this host "
+                f"({socket.gethostname()}) differ and this run cannot tell whether that run still lives (its "
+                f"lease would expire here in {ttl - age:.0f} s); fix the clocks (NTP), or {delete}")
+    if not _checkable(doc):
+        where = ("it ran on another host" if doc.get("host") != socket.gethostname() else
+                 "it was written in another container or boot of this host, or by an older version")
+        return (f"{held}: {where}, so whether its process still runs cannot be checked from here, and its "
+                f"lease holds until its heartbeat is {ttl:.0f} s old (in {max(ttl - age, 0):.0f} s); wait "
+                f"with --wait-for-lease, or, {delete}")
+    return (f"{held} (its lease expires {ttl:.0f} s after its last heartbeat); wait for it with "
+            "--wait-for-lease, or give another --output")
 
 
 def read(output: str, options: dict[str, Any]) -> dict[str, Any] | None:
@@ -152,9 +175,7 @@ class Lease:
                     break
                 continue
             if not wait:
-                raise JobError(f"output {self.output} is in use by another run: {describe(holder)} "
-                               f"(its lease expires {ttl:.0f} s after its last heartbeat); wait for it "
-                               "with --wait-for-lease, or give another --output")
+                raise JobError(_refusal(self.output, holder, age, ttl))
             if announced != holder.get("run_id"):
                 self.log(f"waiting for the run holding {self.output}: {describe(holder)}")
                 announced = holder.get("run_id")

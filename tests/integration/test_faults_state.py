@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -132,3 +133,65 @@ def test_driver_killed_at_commit_three_times(tmp_path, ray_local):
     assert (df["attempt"] == 0).all()
     assert json.loads((out / "_manifest.json").read_text())["run"]["images"] == N - len(committed)
     assert [n for n in committed if (out / "shards" / n).read_bytes() != committed[n]] == []
+
+
+# ------------------------------------------------------------------- clock skew and other hosts
+
+def _cli(argv: list[str]) -> tuple[int, str]:
+    """`ddnm-batch ARGV` in a process of its own, to its end: (exit code, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=180)
+    return done.returncode, done.stderr
+
+
+def _one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ddnm-batch: error: output "), err
+    return lines[0]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _plant_lease(out: Path, **doc) -> None:
+    """A lease as another run would have left it (run id, ttl 120 s, whatever `doc` says)."""
+    (out / "_lease.json").write_text(json.dumps({"run_id": "f00d" * 8, "ttl": 120.0, **doc}))
+
+
+def test_leases_from_skewed_clocks_and_other_hosts(tmp_path, ray_local, capsys):
+    """On a finished job: a lease whose heartbeat is an hour ahead, and a fresh one from another host
+    whose process is dead, are both refused (one line: why, what to do); the first is removed as the
+    line says, the second is taken over once its ttl has passed; nothing is lost either way."""
+    argv, keys, out = _job(tmp_path)
+    assert main(argv) == 0
+    lease = out / "_lease.json"
+    dead = _dead_pid()
+
+    _plant_lease(out, host="node-7", pid=dead, heartbeat=time.time() + 3600)
+    code, err = _cli(argv)
+    line = _one_error_line(err)
+    assert code == 1 and re.search(r"last heartbeat 3\d\d\d s in the future", line), err
+    assert "clocks of node-7 and of this host" in line and f"delete {lease} and run again" in line
+    lease.unlink()  # as it says
+    assert main(argv) == 0
+
+    _plant_lease(out, host="node-7", pid=dead, heartbeat=time.time())
+    code, err = _cli(argv)
+    line = _one_error_line(err)
+    assert code == 1 and re.search(rf"node-7:{dead} \(run f00df00d\), last heartbeat \d+ s ago: it ran on "
+                                   "another host, so whether its process still runs cannot be checked from "
+                                   r"here, and its lease holds until its heartbeat is 120 s old \(in \d+ s\)",
+                                   line), err
+    assert "wait with --wait-for-lease" in line and f"delete {lease} and run again" in line
+    _plant_lease(out, host="node-7", pid=dead, heartbeat=time.time() - 200)  # its ttl has passed
+    capsys.readouterr()
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert re.search(rf"taking over the lease on {out} from node-7:{dead} \(run f00df00d\), last heartbeat "
+                     r"2\d\d s ago \(expired after 120 s\)", err), err
+    df = _check_final(out, keys)
+    assert (df["attempt"] == 0).all()

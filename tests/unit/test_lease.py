@@ -168,6 +168,27 @@ def test_a_dead_pid_elsewhere_cannot_be_checked_and_is_honoured(tmp_path, change
     out = str(tmp_path / "out")
     doc = _left_by(out, pid=_dead_pid(), **changes)
     assert not lease_mod.dead_here(doc)
-    with pytest.raises(JobError, match="in use by another run"):
+    where = "it ran on another host" if "host" in changes else "another container or boot of this host"
+    with pytest.raises(JobError, match=rf"in use by another run: .*{where}.*, so whether its process "
+                       r"still runs cannot be checked from here, and its lease holds until its heartbeat "
+                       r"is 3600 s old \(in 3[56]\d\d s\); wait with --wait-for-lease, or, if no run is "
+                       rf"using this output, delete {out}/_lease.json and run again"):
         Lease(out, {}, ttl=3600).acquire()
     assert lease_mod.dead_here({**doc, **json.loads(Lease(out, {}, ttl=1)._doc()), "pid": doc["pid"]})
+
+
+# ------------------------------------------------------------------------------------ clock skew
+
+@pytest.mark.parametrize("host", ["node-7", None])
+def test_a_heartbeat_in_the_future_is_refused_naming_the_clocks(tmp_path, host):
+    """A heartbeat an hour ahead (the holder's clock is fast) is never taken for an expired one, even
+    with a ttl of a second; the refusal says the clocks differ and which file to delete."""
+    out = str(tmp_path / "out")
+    doc = _left_by(out, heartbeat=time.time() + 3600, ttl=1, **({"host": host} if host else {}))
+    before = (tmp_path / "out" / "_lease.json").read_bytes()
+    with pytest.raises(JobError, match=r"last heartbeat 3[56]\d\d s in the future: a heartbeat in the "
+                       rf"future, so the clocks of {doc['host']} and of this host \(.+\) differ .* expire "
+                       r"here in 3[56]\d\d s\); fix the clocks \(NTP\), or if no run is using this output, "
+                       rf"delete {out}/_lease.json"):
+        Lease(out, {}, ttl=1).acquire()
+    assert (tmp_path / "out" / "_lease.json").read_bytes() == before  # left alone
