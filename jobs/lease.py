@@ -165,8 +165,14 @@ class Lease:
                 holder = json.loads(data)
                 age = time.time() - float(holder["heartbeat"])
                 ttl = float(holder.get("ttl") or self.ttl)
-            except (ValueError, KeyError, TypeError):
-                holder, age, ttl = {"host": "?", "pid": "?", "run_id": "?", "heartbeat": 0}, float("inf"), 0.0
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # no holder can be named; whoever wrote it lost it anyway: its tag no longer matches,
+                # so it stops at its next check
+                self.log(f"{self.url} is not a lease ({type(exc).__name__}: {exc}; a truncated or "
+                         "overwritten file): this run takes it over")
+                if self._write(tag):
+                    break
+                continue
             why = (f"expired after {ttl:.0f} s" if age > ttl else
                    "its process is no longer running on this host" if dead_here(holder) else None)
             if why:

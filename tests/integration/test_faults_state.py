@@ -195,3 +195,59 @@ def test_leases_from_skewed_clocks_and_other_hosts(tmp_path, ray_local, capsys):
                      r"2\d\d s ago \(expired after 120 s\)", err), err
     df = _check_final(out, keys)
     assert (df["attempt"] == 0).all()
+
+
+# ------------------------------------------------------------------------ corrupt state on resume
+
+def _rerun(argv: list[str], ray_local) -> str:
+    """A resumed run in a process of its own that must succeed; its stderr (no traceback in it)."""
+    code, err = _cli([*argv, "--address", ray_local.get_runtime_context().gcs_address])
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    return err
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def test_corrupt_job_files_on_resume(tmp_path, ray_local):
+    """A truncated shard is run again; a truncated plan is rebuilt from the committed shards' rows; a
+    truncated manifest is written again; a lease that is not JSON is taken over. Each says so in one
+    line naming the file, and the job ends with every key once."""
+    argv, keys, out = _job(tmp_path)
+    assert main(argv) == 0
+    shards = out / "shards"
+
+    bad = shards / "shard-000002.parquet"
+    _truncate(bad)
+    err = _rerun(argv, ray_local)
+    assert re.search(rf"{bad} is unreadable \(\d+ bytes, not Parquet: .+\): its shard runs again", err), err
+    df = _check_final(out, keys)
+    assert json.loads((out / "_manifest.json").read_text())["run"]["images"] == 1  # that shard alone
+    assert df.set_index("key").loc[keys[2], "shard_id"] == 2
+
+    for i in (5, 6):  # two shards not committed yet, then the plan lost
+        (shards / f"shard-00000{i}.parquet").unlink()
+    plan = out / "_plan.json"
+    _truncate(plan)
+    err = _rerun(argv, ray_local)
+    assert re.search(rf"{plan} is unreadable \(not JSON, truncated\? JSONDecodeError: .+\): rebuilt from the "
+                     r"6 committed shards' rows and the listing of .+ \(2 images in \d new shards\)",
+                     err), err
+    df = _check_final(out, keys)
+    rebuilt = json.loads(plan.read_text())["shards"]
+    assert sorted(k for s in rebuilt for k in s["keys"]) == sorted(keys)  # each key planned once
+    assert {s["shard_id"] for s in rebuilt} >= {0, 1, 2, 3, 4, 7} and (df["shard_id"] > 7).sum() == 2
+
+    manifest = out / "_manifest.json"
+    _truncate(manifest)
+    err = _rerun(argv, ray_local)
+    assert f"{manifest} is unreadable: it is written again at the end of this run" in err, err
+    _check_final(out, keys)
+
+    (out / "_lease.json").write_text('{"run_id": "1a2b3c4d", "host": "node-')
+    err = _rerun(argv, ray_local)
+    assert re.search(rf"{out / '_lease.json'} is not a lease \(JSONDecodeError: .+; a truncated or "
+                     r"overwritten file\): this run takes it over", err), err
+    assert len(_check_final(out, keys)) == N
