@@ -116,9 +116,25 @@ def _refusal(output: str, doc: dict[str, Any], age: float, ttl: float) -> str:
 
 
 def read(output: str, options: dict[str, Any]) -> dict[str, Any] | None:
-    """The current lease document, or None."""
+    """The current lease document, or None (also when the file is not a JSON object)."""
     got = storage.read_tagged(storage.join(output, LEASE_FILE), options)
-    return None if got is None else json.loads(got[0])
+    return None if got is None else _loads(got[0])
+
+
+def _loads(data: bytes) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _lost_to(current: tuple[bytes, str] | None) -> str:
+    """How a holder lost its lease, given what the lease file holds now."""
+    if current is None:
+        return "deleted"
+    holder = _loads(current[0])
+    return f"taken over by {describe(holder)}" if holder else "overwritten by a file that is not a lease"
 
 
 class Lease:
@@ -208,8 +224,7 @@ class Lease:
                     return
                 try:
                     if not self._write(self._tag):
-                        holder = read(self.output, self.options)
-                        self._lost = f"taken over by {describe(holder)}" if holder else "deleted"
+                        self._lost = _lost_to(storage.read_tagged(self.url, self.options))
                 except Exception as exc:  # storage trouble: try again at the next beat, expire if it lasts
                     self.log(f"lease heartbeat failed ({type(exc).__name__}: {exc}); retrying")
 
@@ -219,8 +234,7 @@ class Lease:
             if self._lost is None:
                 current = storage.read_tagged(self.url, self.options)
                 if current is None or current[1] != self._tag:
-                    holder = json.loads(current[0]) if current else None
-                    self._lost = f"taken over by {describe(holder)}" if holder else "deleted"
+                    self._lost = _lost_to(current)
             if self._lost:
                 raise JobError(f"output {self.output}: this run's lease was {self._lost}; it stops "
                                "without writing more (committed shards are kept)")

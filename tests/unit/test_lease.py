@@ -192,3 +192,15 @@ def test_a_heartbeat_in_the_future_is_refused_naming_the_clocks(tmp_path, host):
                        rf"delete {out}/_lease.json"):
         Lease(out, {}, ttl=1).acquire()
     assert (tmp_path / "out" / "_lease.json").read_bytes() == before  # left alone
+
+
+def test_a_lease_file_overwritten_with_garbage_stops_its_holder_cleanly(tmp_path):
+    """Neither the holder's check nor `status` (lease.read) trips over a lease file that is not JSON."""
+    out = str(tmp_path / "out")
+    a = Lease(out, {}, ttl=60, log=lambda m: None).acquire()
+    (tmp_path / "out" / "_lease.json").write_text('{"run_id": "1a2b')
+    assert lease_mod.read(out, {}) is None
+    with pytest.raises(JobError, match="lease was overwritten by a file that is not a lease; it stops"):
+        a.check()
+    a.release()
+    assert (tmp_path / "out" / "_lease.json").read_text() == '{"run_id": "1a2b'  # not ours to delete
