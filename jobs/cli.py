@@ -324,6 +324,8 @@ def _run_held(spec: JobSpec, lease) -> int:
 
     prepared = plan_mod.prepare(spec, guard=lease.check, workers=_expected_workers(spec))
     spec = prepared.spec
+    for line in prepared.repairs:
+        _log(line)
     opts, out = spec.storage_options, spec.output
     t0 = time.time()
     ran = {"ok": 0, "failed": 0}

@@ -7,7 +7,8 @@
   metrics.parquet, _manifest.json the final table, and the manifest written last
   images/, panels/, std/          the worker's outputs (cluster/outputs.py)
   report.html, report/            `ddnm-batch report --html`: the page and its thumbnails
-A shard is committed when its Parquet file exists.
+A shard is committed when its Parquet file exists (and parses: a resumed run redoes one that does not,
+jobs/state.py).
 """
 
 from __future__ import annotations

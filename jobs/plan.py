@@ -13,7 +13,7 @@ from cluster import storage
 from cluster.config import WorkerConfig
 from cluster.outputs import output_name
 from ddnm.operators import is_mask_file
-from jobs import inputs, layout, provenance, results, sizes
+from jobs import inputs, layout, provenance, results, sizes, state
 from jobs.checks import check_against_data
 from jobs.errors import JobError
 from jobs.inputs import unreachable
@@ -95,6 +95,8 @@ class Prepared:
     budget: int = 0                       # the cost one shard holds (jobs/sizes.py)
     previous_spec: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    repairs: list[str] = field(default_factory=list)  # unreadable job files and what is done (state.py)
+    unreadable: set[int] = field(default_factory=set)  # shard ids whose file does not parse: run again
 
     @property
     def config(self) -> WorkerConfig:
@@ -151,11 +153,24 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
             raise JobError(f"output {out} holds a job with a different spec ({'; '.join(diffs)}); "
                            "use --overwrite to replace it, or another --output")
     reuse = previous is not None and not spec.overwrite
-    plan = _read(storage.read_json, storage.join(out, layout.PLAN_FILE), opts) if reuse else None
+    plan, broken = _read(state.read_json, storage.join(out, layout.PLAN_FILE), opts, needs=("shards",)) \
+        if reuse else (None, None)
+    committed = _read(layout.committed_ids, out, opts) if reuse else set()
+    unreadable = _read(state.unreadable_shards, out, opts, committed)
+    committed -= set(unreadable)
+    repairs = [f"{layout.shard_url(out, i)} is unreadable ({why}): its shard runs again"
+               for i, why in sorted(unreadable.items())]
     notes: list[str] = []
     new_keys = 0
     budget = 0
-    if plan is not None and plan.get("input") == spec.input:
+    if broken:
+        root, shards, budget = _rebuild_plan(spec, committed, first_id=max(committed | set(unreadable),
+                                                                           default=-1) + 1, workers=workers)
+        added = shards[len(committed):]
+        repairs.append(f"{storage.join(out, layout.PLAN_FILE)} is unreadable ({broken}): rebuilt from the "
+                       f"{len(committed)} committed shards' rows and the listing of {spec.input} "
+                       f"({sum(len(s['keys']) for s in added)} images in {len(added)} new shards)")
+    elif plan is not None and plan.get("input") == spec.input:
         root, shards = plan["input_root"], plan["shards"]
         budget = int(plan.get("shard_cost") or 0)
         if spec.incremental:
@@ -176,7 +191,9 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
         shards, budget = _cut(spec, root, keys, workers=workers)
     _check_output_names(shards)
     spec = check_against_data(spec, root, [k for s in shards for k in s["keys"]], notes)
-    committed = _read(layout.committed_ids, out, opts) if reuse else set()
+    if reuse and _read(state.read_json, storage.join(out, layout.MANIFEST_FILE), opts)[1]:
+        repairs.append(f"{storage.join(out, layout.MANIFEST_FILE)} is unreadable: it is written again at "
+                       "the end of this run")
     retried = 0
     if spec.retry_failed and committed:
         queued = {k for sh in shards if sh["shard_id"] not in committed for k in sh["keys"]}
@@ -187,13 +204,25 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
         retried = len(failed)
     pending = [{**s, "attempt": 0} for s in shards if s["shard_id"] not in committed]
     prepared = Prepared(spec=spec, input_root=root, shards=shards, committed=committed, pending=pending,
-                        new_keys=new_keys, retried_keys=retried, resumed=plan is not None,
-                        previous_spec=previous, notes=notes, budget=budget)
+                        new_keys=new_keys, retried_keys=retried, resumed=plan is not None or bool(broken),
+                        previous_spec=previous, notes=notes, budget=budget, repairs=repairs,
+                        unreadable=set(unreadable))
     if not dry_run:
         if guard is not None:
             guard()
         _write_start(prepared, overwrite=spec.overwrite and previous is not None)
     return prepared
+
+
+def _rebuild_plan(spec: JobSpec, committed: set[int], *, first_id: int,
+                  workers: int | None) -> tuple[str, list[dict[str, Any]], int]:
+    """A plan in place of one that does not parse: the committed shards with the keys of their rows,
+    then new shards from `first_id` for the input's other keys -> (root, shards, budget)."""
+    root, keys = inputs.list_inputs(spec.input, spec.storage_options, exclude=_excluded(spec))
+    shards = _read(state.shards_from_rows, spec.output, spec.storage_options, committed)
+    have = {k for s in shards for k in s["keys"]}
+    added, budget = _cut(spec, root, [k for k in keys if k not in have], first_id=first_id, workers=workers)
+    return root, shards + added, budget
 
 
 def _failed_keys(out: str, opts: dict[str, Any], committed: set[int]) -> list[str]:
@@ -227,10 +256,10 @@ def _read_previous_spec(out: str, opts: dict[str, Any]) -> dict[str, Any] | None
         raise JobError(f"output {out}: storage not reachable ({exc.reason})") from None
 
 
-def _read(fn, *args):
+def _read(fn, *args, **kwargs):
     """A read of the output's files before any work: a storage failure is the job's one-line error."""
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except storage.StorageError as exc:
         raise unreachable(exc) from None
 
@@ -245,6 +274,8 @@ def _write_start(prepared: Prepared, *, overwrite: bool) -> None:
             storage.remove(storage.join(out, name), opts)
     if prepared.pending and prepared.previous_spec is not None and not overwrite:
         storage.remove(storage.join(out, layout.MANIFEST_FILE), opts)  # the output is incomplete again
+    for shard_id in prepared.unreadable:  # not a commit: gone before its shard runs again
+        storage.remove(layout.shard_url(out, shard_id), opts)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     created = (prepared.previous_spec or {}).get("created") if not overwrite else None
     storage.write_json(storage.join(out, layout.SPEC_FILE), {
@@ -280,4 +311,4 @@ def describe(prepared: Prepared, *, workers: int, model_calls: int) -> str:
         f"x{spec.samples} samples = {model_calls * spec.samples})",
         f"spec hash:  {spec.spec_hash()}",
     ]
-    return "\n".join(lines + [f"note:       {n}" for n in prepared.notes])
+    return "\n".join(lines + [f"note:       {n}" for n in prepared.notes + prepared.repairs])
