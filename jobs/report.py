@@ -13,9 +13,21 @@ from jobs.errors import EXIT_FAILED_IMAGES, EXIT_OK, JobError
 from jobs.summary import run_solver, task_summary
 
 
+def read_state(output: str, name: str, options: dict[str, Any]) -> dict[str, Any] | None:
+    """One of the job's JSON files (None when absent); JobError naming it when it does not parse (a
+    crash or a full disk can truncate it): a rerun of the job repairs it (jobs/state.py)."""
+    from jobs.state import read_json
+
+    url = storage.join(output, name)
+    doc, why = read_json(url, options)
+    if why:
+        raise JobError(f"{url}: {why}; run the job again with the same spec to repair it")
+    return doc
+
+
 def read_plan(output: str, options: dict[str, Any]) -> dict[str, Any]:
     """The job's _plan.json; JobError "no job here" when `output` holds no job (status and report)."""
-    plan = storage.read_json(storage.join(output, layout.PLAN_FILE), options)
+    plan = read_state(output, layout.PLAN_FILE, options)
     if plan is None:
         raise JobError(f"{output}: no job here (no {layout.PLAN_FILE})")
     return plan
@@ -30,7 +42,7 @@ def job_status(output: str, options: dict[str, Any]) -> dict[str, Any]:
     failed_shards = set(r for r, s in zip(table.column("shard_id").to_pylist(),
                                           table.column("status").to_pylist(), strict=True) if s != "ok")
     c = results.counts(table)
-    manifest = storage.read_json(storage.join(output, layout.MANIFEST_FILE), options)
+    manifest = read_state(output, layout.MANIFEST_FILE, options)
     return {
         "output": output,
         "shards": {"total": len(shards), "done": len(committed - failed_shards),
@@ -61,7 +73,7 @@ def status(output: str, options: dict[str, Any], *, as_json: bool = False) -> in
 def _table(output: str, options: dict[str, Any]):
     read_plan(output, options)
     url = storage.join(output, layout.METRICS_FILE)
-    manifest = storage.read_json(storage.join(output, layout.MANIFEST_FILE), options)
+    manifest = read_state(output, layout.MANIFEST_FILE, options)
     if manifest is not None:
         return results.read_table(url, options), manifest
     return results.read_committed(output, options), None

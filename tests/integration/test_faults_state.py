@@ -9,6 +9,8 @@ shared local Ray (`--address`), so a killed one takes no Ray with it and a rerun
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -242,6 +244,11 @@ def test_corrupt_job_files_on_resume(tmp_path, ray_local):
 
     manifest = out / "_manifest.json"
     _truncate(manifest)
+    for command in (["status", str(out)], ["report", str(out)]):  # read it: one line, no traceback
+        with contextlib.redirect_stderr(io.StringIO()) as said:
+            assert main(command) == 1
+        assert f"{manifest}: not JSON" in said.getvalue() and "run the job again" in said.getvalue()
+        assert "Traceback" not in said.getvalue()
     err = _rerun(argv, ray_local)
     assert f"{manifest} is unreadable: it is written again at the end of this run" in err, err
     _check_final(out, keys)
