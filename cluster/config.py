@@ -50,6 +50,8 @@ class WorkerConfig:
     inception_weights: str | None = None
     """FID Inception weights (local path or URL); None: no features, no FID / KID."""
     storage_options: dict[str, Any] = field(default_factory=dict)
+    max_pixels: int | None = None
+    """Images larger than this (width x height, from the header) are refused before decoding."""
     """fsspec options for every URL above."""
 
     def __post_init__(self) -> None:

@@ -35,7 +35,7 @@ def decode_image(data: bytes, name: str) -> torch.Tensor:
     return decode_image_meta(data, name)[0]
 
 
-def decode_image_meta(data: bytes, name: str):
+def decode_image_meta(data: bytes, name: str, *, max_pixels: int | None = None):
     """Decode png / jpg / jpeg / webp / bmp / tif bytes -> (float tensor ``(C, H, W)`` in ``[0, 1]``,
     ``cluster.archival.ImageMeta``: bit depth, source profile, EXIF, XMP).
 
@@ -44,6 +44,8 @@ def decode_image_meta(data: bytes, name: str):
     their precision (divided by 65535), and so do 16-bit RGB PNGs and TIFFs (``cluster.archival``).
     An embedded ICC profile is converted to sRGB (the prior's space).
     Channels are converted for the task and model by ``ddnm.restoration.Task.prepare``.
+    max_pixels: a larger image (width x height from its header) is refused before it is decoded;
+    Pillow's own guard refuses headers above ``2 * PIL.Image.MAX_IMAGE_PIXELS`` whatever it is.
     Raises:
         BadInput: ``"name: reason"`` for an empty file, a file that is not an image, truncated or
             corrupt image data, or an image too large to decode safely.
@@ -56,6 +58,11 @@ def decode_image_meta(data: bytes, name: str):
 
     try:
         img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise BadInput(name, f"image too large: {w}x{h} = {w * h / 1e6:.1f} MP, above the job's "
+                           f"max_pixels {max_pixels / 1e6:g} MP (read from its header, not decoded; "
+                           "raise --max-pixels to restore it on tiles)")
         img.load()
         orientation = img.getexif().get(0x0112, 1)
         rgb16 = _rgb16(data, img)
@@ -63,10 +70,13 @@ def decode_image_meta(data: bytes, name: str):
         img = ImageOps.exif_transpose(img)
         exif = img.getexif()
         exif = exif.tobytes().removeprefix(archival.EXIF_HEADER) if len(exif) else None
+    except BadInput:
+        raise
     except UnidentifiedImageError:
         raise BadInput(name, "not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:
-        raise BadInput(name, f"image too large ({e})") from None
+        raise BadInput(name, f"image too large: its header claims more pixels than can be decoded "
+                             f"safely, not decoded ({e})") from None
     except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as e:
         raise BadInput(name, f"truncated or corrupt image data ({e})") from None
     note = ""

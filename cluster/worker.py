@@ -213,7 +213,7 @@ class RestoreWorker:
             data = storage.read_bytes(url, cfg.storage_options)
         except FileNotFoundError:
             raise BadInput(key, "file not found") from None
-        image, meta = decode_image_meta(data, key)
+        image, meta = decode_image_meta(data, key, max_pixels=cfg.max_pixels)
         in_size = tuple(image.shape[1:])
         mask = self._load_mask(key) if cfg.mask_url else None
         try:

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
             "sigma-y": {"type": float}, "travel": {"metavar": "L,S,R"}, "samples": {"type": int},
             "shard-size": {"type": int}, "workers": {"type": int}, "gpus-per-worker": {"type": float},
             "cpus-per-worker": {"type": float}, "batch-size": {"type": int}, "threads": {"type": int},
+            "max-pixels": {"type": int, "metavar": "N"},
             "seed": {"type": int}, "panels": {"action": "store_const", "const": True},
             "incremental": {"action": "store_const", "const": True},
             "overwrite": {"action": "store_const", "const": True},

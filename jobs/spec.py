@@ -174,6 +174,9 @@ class JobSpec(BaseModel):
     batch_size: int | None = Field(None, ge=1, description="images per model call; None = automatic")
     seed: int = Field(0, ge=0, description="job seed; each image's noise comes from (seed, key)")
     threads: int | None = Field(None, ge=1, description="torch threads per worker; None = worker default")
+    max_pixels: int | None = Field(100_000_000, ge=1, description="images larger than this (width x "
+                                   "height, read from the header) fail before decoding; None = no limit "
+                                   "but Pillow's (179 MP)")
     panels: bool = Field(False, description="also write side-by-side panels under panels/")
     incremental: bool = Field(False, description="process only input keys not in any committed shard")
     overwrite: bool = Field(False, description="discard a previous job's outputs at the output URL")
@@ -387,7 +390,7 @@ class JobSpec(BaseModel):
             model=self.model, checkpoint=self.checkpoint, sampling=self.sampling(),
             batch_size=self.batch_size, panels=self.panels, threads=self.threads,
             lpips_weights=self.lpips_weights, lpips_net=self.lpips_net,
-            inception_weights=self.inception_weights,
+            inception_weights=self.inception_weights, max_pixels=self.max_pixels,
         )
 
 

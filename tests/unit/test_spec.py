@@ -23,7 +23,7 @@ def test_defaults_and_worker_config_contract():
     assert {f.name for f in dataclasses.fields(cfg)} == {
         "input_url", "output_url", "storage_options", "mode", "task", "task_settings", "mask_url", "model",
         "checkpoint", "sampling", "batch_size", "panels", "threads", "lpips_weights", "lpips_net",
-        "inception_weights"}
+        "inception_weights", "max_pixels"}
     assert cfg.task_settings == {"scale": 4} and isinstance(cfg.task_settings["scale"], int)
     assert cfg.sampling.travel == (1, 1, 1) and cfg.mode == "restore"  # own photos are restored as they are
     assert cfg.sampling.name == "ddnm" and cfg.sampling == spec.sampling()
