@@ -36,7 +36,7 @@ def test_cli_flags_job_file_fields_and_spec_agree(tmp_path):
               "settings": {"scale": 2}, "mask_url": None, "mode": "evaluate", "model": "tiny",
               "checkpoint": "random", "dtype": "fp32", "steps": 3, "eta": 0.5, "sigma_y": 0.0,
               "travel": "1,1,1", "samples": 1, "shard_size": 4, "workers": 1, "gpus_per_worker": 0.0,
-              "cpus_per_worker": 1.0, "batch_size": 2, "seed": 1, "threads": 1, "panels": False,
+              "cpus_per_worker": 1.0, "batch_size": 2, "seed": 1, "threads": 1, "max_pixels": 5000000, "panels": False,
               "incremental": False, "overwrite": False, "retry_failed": False, "address": None,
               "storage_options": {}, "worker_start_timeout": 60.0, "wait_for_lease": True,
               "lease_ttl": 30.0, "lpips_weights": None, "lpips_net": "vgg",
