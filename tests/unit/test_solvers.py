@@ -30,12 +30,14 @@ def tiny():
 def test_ddnm_and_ddnm_plus_give_the_tensors_of_the_release_before_the_registry(one_thread):
     """Every task, both solvers (sigma_y 0 -> ddnm, > 0 -> ddnm+), whole, tiled and mask-shift canvases,
     against tensors written by 1d1afc6 (tests/fixtures/make_ddnm_reference.py). Bit-identical on the
-    machine that wrote them; 1e-6 allows another CPU's kernels."""
+    machine that wrote them and wherever 1d1afc6 itself is run again; another CPU's kernels move these
+    3-step chains by up to 2e-5 (on an AMD EPYC, 1d1afc6 re-run differs from the file by 2.0e-5 and
+    from today's code by 0.0), hence 1e-4; eta 0.84 for 0.85 moves sr_avgpool and inpaint by 2e-2."""
     before = torch.load(FIXTURES / "ddnm_reference.pt")
     now = ref.reference()
     assert set(now) == set(before) and len(now) == len(ref.CASES)
     for key, x in now.items():
-        assert torch.allclose(x, before[key], atol=1e-6, rtol=0), key
+        assert torch.allclose(x, before[key], atol=1e-4, rtol=0), key
     # the two solvers really differ where the noise does (ddnm+ ran, not ddnm twice)
     assert not torch.allclose(now["sr_avgpool/0.0/whole/16"], now["sr_avgpool/0.05/whole/16"], atol=1e-3)
 
