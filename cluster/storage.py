@@ -72,7 +72,7 @@ def with_retries(url: str, fn, attempts: int = 3, *, precondition_is_final: bool
     for i in range(attempts):
         try:
             return fn()
-        except FileNotFoundError:
+        except (FileNotFoundError, UnsafeLink):
             raise
         except OSError as e:
             if precondition_is_final and "pre-condition" in str(e):
@@ -112,12 +112,27 @@ def isfile(url: str, storage_options: dict | None = None) -> bool:
     return bool(with_retries(url, lambda: fs.isfile(path)))
 
 
-def find(url: str, storage_options: dict | None = None, *, skip: tuple[str, ...] = ()) -> list[str]:
+class UnsafeLink(ValueError):
+    """A symbolic link in a local folder being listed that leads outside the folder, to nothing, or
+    round in a loop (the message names the link and its target)."""
+
+
+def find(url: str, storage_options: dict | None = None, *, skip: tuple[str, ...] = (),
+         select=None) -> list[str]:
     """Every file below the folder `url`, as paths relative to it (fresh listing), skipping the
-    subtrees of the URLs in `skip`."""
+    subtrees of the URLs in `skip`. `select(relative_path)`: the files that matter (default all).
+
+    On a local disk, symbolic links are checked, so that a listing never leads outside `url` and
+    never loops: a link to a file inside the folder is a file; a link to a folder inside it is not
+    followed (its files are listed where they are); a link leading outside the folder, a dangling one
+    and a loop raise :class:`UnsafeLink` (for files, only those `select` picks). An unreadable
+    subfolder is a StorageError, never a silently shorter listing."""
     fs, path = filesystem(url, storage_options)
     fs.invalidate_cache()
-    found = with_retries(url, lambda: fs.find(path, withdirs=False))
+    if _is_local(fs):
+        found = with_retries(url, lambda: _find_local(path, select))
+    else:
+        found = with_retries(url, lambda: fs.find(path, withdirs=False))
     base = path.rstrip("/")
     skipped = tuple(filesystem(u, storage_options)[1].rstrip("/") + "/" for u in skip)
     out = []
@@ -126,6 +141,47 @@ def find(url: str, storage_options: dict | None = None, *, skip: tuple[str, ...]
         if skipped and (full + "/").startswith(skipped):
             continue
         out.append(posixpath.relpath(full, base) if base else full)
+    return out
+
+
+def _find_local(base: str, select) -> list[str]:
+    """`find` on a local disk, links checked (see there)."""
+    import errno
+    import stat
+
+    if not os.path.isdir(base):
+        raise FileNotFoundError(base)
+    real_base = os.path.realpath(base)
+    out = []
+
+    def fail(err: OSError) -> None:
+        raise err
+
+    for folder, dirs, files in os.walk(base, onerror=fail, followlinks=False):
+        for name in sorted(dirs) + sorted(files):
+            full = os.path.join(folder, name)
+            is_file = name in files
+            if not os.path.islink(full):
+                if is_file:
+                    out.append(full)
+                continue
+            if is_file and select is not None and not select(posixpath.relpath(full, base)):
+                continue
+            target = os.readlink(full)
+            try:
+                mode = os.stat(full).st_mode
+            except OSError as exc:
+                what = "loops (a link to itself or to a link back)" if exc.errno == errno.ELOOP \
+                    else "points to nothing"
+                raise UnsafeLink(f"{full} is a symbolic link to {target!r} that {what}; remove it or "
+                                 "point it at the file") from None
+            real = os.path.realpath(full)
+            if real != real_base and not real.startswith(real_base.rstrip(os.sep) + os.sep):
+                raise UnsafeLink(f"{full} is a symbolic link to {real}, outside the folder {base}, and "
+                                 "nothing outside the input is read; copy what it points to into the "
+                                 "folder, or give a folder that holds both")
+            if not stat.S_ISDIR(mode):
+                out.append(full)
     return out
 
 

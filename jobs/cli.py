@@ -310,6 +310,7 @@ def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
         workers = workers or "auto"
         print(plan_mod.describe(prepared, workers=workers, model_calls=spec.model_calls()))
         return EXIT_OK
+    plan_mod.check_apart(spec.input, spec.output)  # before the lease writes into the output
     lease = Lease(spec.output, spec.storage_options, ttl=spec.lease_ttl, log=_log)
     lease.acquire(wait=spec.wait_for_lease)
     try:

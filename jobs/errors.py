@@ -7,6 +7,8 @@ line on stderr naming the problem; 130 / 143 interrupted by Ctrl-C / SIGTERM (co
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_FAILED_IMAGES = 3
@@ -14,8 +16,32 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
+SHOWN_CHARS = 1000
+"""A run of more non-blank characters than this in an error message is shown cut (a hostile or mistaken
+10 MB value must not become a 10 MB line on stderr); URLs and keys are far shorter."""
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` with every run of more than `limit` non-blank characters cut to its head and tail and
+    the number of characters left out (``'xxxx...(9999900 more characters)...xx'``), and the whole cut
+    the same way if it is still longer than 4 x `limit`."""
+    def cut(word: str) -> str:
+        return f"{word[:60]}...({len(word) - 80} more characters)...{word[-20:]}"
+    if len(text) <= limit:
+        return text
+    text = re.sub(rf"\S{{{limit + 1},}}", lambda m: cut(m.group(0)), text)
+    if len(text) > 4 * limit:
+        return f"{text[:3 * limit]}...({len(text) - 3 * limit - 200} more characters)...{text[-200:]}"
+    return text
+
+
 class JobError(Exception):
-    """The job could not run (bad spec, unreachable storage, refused output): exit code 1."""
+    """The job could not run (bad spec, unreachable storage, refused output): exit code 1.
+
+    The message is one line a person can act on; overlong values in it are cut (:func:`shorten`)."""
+
+    def __init__(self, message: object = "", *args: object):
+        super().__init__(shorten(str(message)), *args)
 
 
 class SpecError(JobError, ValueError):

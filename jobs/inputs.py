@@ -43,10 +43,33 @@ def list_inputs(url: str, options: dict[str, Any], *,
         if storage.isfile(url, options):
             raise JobError(f"input {url}: is a file; give a folder/prefix or a manifest "
                            f"({', '.join(MANIFEST_EXTENSIONS)})")
-        found = storage.find(url, options, skip=tuple(u for u in exclude if u))
+        found = storage.find(url, options, skip=tuple(u for u in exclude if u), select=is_image_key)
     except storage.StorageError as exc:
         raise unreachable(exc) from None
-    return url.rstrip("/"), sorted({k for k in found if is_image_key(k)})
+    except storage.UnsafeLink as exc:
+        raise JobError(f"input {url}: {exc}") from None
+    return url.rstrip("/"), check_keys(url, sorted({k for k in found if is_image_key(k)}))
+
+
+MAX_KEY_BYTES = 1024
+"""The longest key an object store takes (S3: 1024 bytes of UTF-8)."""
+
+
+def check_keys(url: str, keys: list[str]) -> list[str]:
+    """`keys` when each is a relative path that stays inside the input (and the output): no ``..``,
+    ``.`` or empty segment, no leading ``/``, no control character, at most MAX_KEY_BYTES; else a
+    JobError naming the input and the key, before any work."""
+    for key in keys:
+        why = None
+        if key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
+            why = "has a '..', '.' or empty path segment (it would be read or written outside the folder)"
+        elif any(ord(c) < 32 or ord(c) == 127 for c in key):
+            why = "holds a control character"
+        elif len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+            why = f"is longer than any storage key ({MAX_KEY_BYTES} bytes)"
+        if why:
+            raise JobError(f"input {url}: the key {key!r} {why}; fix or drop it")
+    return keys
 
 
 def describe_extensions() -> str:
@@ -93,6 +116,12 @@ def _read_manifest(url: str, options: dict[str, Any]) -> tuple[str, list[str]]:
         if root in paths:  # a single distinct file
             root = posixpath.dirname(root)
         keys = sorted({posixpath.relpath(p, root) for p in paths})
-        return protocol + root, keys
+        return protocol + root, check_keys(url, keys)
     root = url.rsplit("/", 1)[0] if "/" in url else "."
-    return root, sorted({e.lstrip("./") if e.startswith("./") else e for e in entries})
+    return root, check_keys(url, sorted({_without_dot_slash(e) for e in entries}))
+
+
+def _without_dot_slash(entry: str) -> str:
+    while entry.startswith("./"):
+        entry = entry[2:]
+    return entry

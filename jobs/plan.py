@@ -5,6 +5,7 @@ provenance jobs/provenance.py."""
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +146,7 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
     out = spec.output
     if _read(storage.isfile, out, opts):
         raise JobError(f"output {out} is a file, not a folder; give a folder (or prefix) for --output")
+    check_apart(spec.input, out)  # before the listing, which leaves the output out
     previous = _read_previous_spec(out, opts)
     if previous is not None and not spec.overwrite:
         old = previous.get("result_fields", {})
@@ -189,6 +191,7 @@ def prepare(spec: JobSpec, *, dry_run: bool = False, guard: Callable[[], None] |
         if not keys:
             raise JobError(f"input {spec.input}: no images found ({inputs.describe_extensions()})")
         shards, budget = _cut(spec, root, keys, workers=workers)
+    check_apart(root, out)  # a manifest's root is known now
     _check_output_names(shards)
     spec = check_against_data(spec, root, [k for s in shards for k in s["keys"]], notes)
     if reuse and _read(state.read_json, storage.join(out, layout.MANIFEST_FILE), opts)[1]:
@@ -241,6 +244,27 @@ def _check_output_names(shards: list[dict]) -> None:
         if other != key:
             raise JobError(f"inputs {other!r} and {key!r} would both be restored to images/"
                            f"{output_name(key)}; rename one of them")
+
+
+def check_apart(root: str, out: str) -> None:
+    """`root`: the input folder (a manifest: its root once listed; the manifest file itself passes).
+    Refuse an output that is the input folder or holds it (the job would write among the inputs,
+    and --overwrite would delete them); an output inside the input is fine (it is not listed). Local
+    paths are compared with links resolved."""
+    if inputs.is_manifest(root):
+        return  # its keys' root is checked once listed
+
+    def canonical(url: str) -> str:
+        url = url.rstrip("/")
+        return os.path.realpath(url) if "://" not in url else url
+
+    r, o = canonical(root), canonical(out)
+    if r == o:
+        raise JobError(f"output {out} is the input folder {root}: the restored images would be written "
+                       "among the inputs; give another --output")
+    if r.startswith(o + "/"):
+        raise JobError(f"output {out} holds the input {root}: the job writes its images/ and files there "
+                       "and --overwrite would delete them; give an --output outside the input")
 
 
 def _excluded(spec: JobSpec) -> tuple[str | None, ...]:

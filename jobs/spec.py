@@ -130,10 +130,28 @@ def parse_travel(value: Any) -> tuple[int, int, int]:
     return out  # type: ignore[return-value]
 
 
+MAX_URL_CHARS = 4096
+"""Longer than any path a local disk (PATH_MAX) or URL an object store takes (S3 keys: 1024 bytes)."""
+
+
 def _absolute(url: str) -> str:
-    """Local paths become absolute (Ray workers do not share the driver's working directory);
-    URLs with a protocol, and 'random', stay as they are."""
-    if "://" in url or url == "random":
+    """Local paths become absolute (Ray workers do not share the driver's working directory), their
+    ``..`` resolved; URLs with a protocol, and 'random', stay as they are. ValueError for what no
+    storage takes: control characters, more than MAX_URL_CHARS, and ``..`` in a URL with a protocol
+    (an object store keeps it as a literal key segment where a local disk goes up a folder, so the
+    same spelling means two places)."""
+    if len(url) > MAX_URL_CHARS:
+        raise ValueError(f"{len(url)} characters, longer than any storage path or URL "
+                         f"({MAX_URL_CHARS}); give the folder's path or URL")
+    bad = next((c for c in url if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(f"holds the control character {bad!r}, which no storage path takes")
+    if "://" in url:
+        if ".." in url.split("://", 1)[1].split("/"):
+            raise ValueError("a '..' segment in a URL (an object store keeps it as a folder "
+                             "named '..', a local disk goes up one); write the path without it")
+        return url
+    if url == "random":
         return url
     return os.path.abspath(os.path.expanduser(url))
 
@@ -145,7 +163,7 @@ def _is_s3(url: str | None) -> bool:
 class JobSpec(BaseModel):
     """A batch restoration job. Construct with `JobSpec.build(...)` to get SpecError messages."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     input: str = Field(description="folder/prefix URL (local, s3://, gs://) or a manifest txt/csv/parquet")
     output: str = Field(description="output folder/prefix URL")
@@ -172,7 +190,8 @@ class JobSpec(BaseModel):
                                           "GPU); None = 1 with GPUs, 0 without")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="CPUs reserved per Ray actor")
     batch_size: int | None = Field(None, ge=1, description="images per model call; None = automatic")
-    seed: int = Field(0, ge=0, description="job seed; each image's noise comes from (seed, key)")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="job seed; each image's noise comes from "
+                      "(seed, key)")
     threads: int | None = Field(None, ge=1, description="torch threads per worker; None = worker default")
     max_pixels: int | None = Field(100_000_000, ge=1, description="images larger than this (width x "
                                    "height, read from the header) fail before decoding; None = no limit "
@@ -206,6 +225,15 @@ class JobSpec(BaseModel):
                                "'pkg.module:NAME'; None = ddnm, or ddnm+ when sigma_y > 0")
     solver_settings: dict[str, Any] = Field(default_factory=dict, description="the solver's own settings "
                                             "(--set-solver k=v); unset ones take the solver's defaults")
+
+    @field_validator("steps", "eta", "sigma_y", "samples", "shard_size", "workers", "gpus_per_worker",
+                     "cpus_per_worker", "batch_size", "seed", "threads", "max_pixels",
+                     "worker_start_timeout", "lease_ttl", "tile", "tile_overlap", mode="before")
+    @classmethod
+    def _number_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # YAML's yes/no/true: pydantic would take True for 1
+            raise ValueError(f"{value!r} is a yes/no value, not a number; give a number")
+        return value
 
     @field_validator("travel", mode="before")
     @classmethod
@@ -298,7 +326,10 @@ class JobSpec(BaseModel):
                                 f"its settings: {', '.join(sorted(known)) or '(none)'}")
             typed[key] = convert_value(value, known[key][1], field=f"--set {key}")
             if key == "mask" and is_mask_file(typed[key]):
-                typed[key] = _absolute(typed[key])
+                try:
+                    typed[key] = _absolute(typed[key])
+                except ValueError as exc:
+                    raise SpecError(f"--set mask={typed[key]!r}: {exc}") from None
         object.__setattr__(self, "settings", typed)
         return self
 
@@ -394,13 +425,35 @@ class JobSpec(BaseModel):
         )
 
 
+MAX_JOB_FILE_BYTES = 1 << 20
+"""A job file is a few hundred bytes; one larger than this is not a job file (and is not read)."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without anchors and aliases: a job file needs none, and aliases nested in
+    each other (a 'billion laughs' file) are a few hundred bytes that expand to billions of values."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 (PyYAML's signature)
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a job "
+                                              "file; write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
 def load_yaml(file: str | os.PathLike) -> dict[str, Any]:
     """A job file -> a dict with '-' in keys turned into '_' and 'set:' accepted for 'settings:'."""
     path = Path(file)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        size = path.stat().st_size
+        if size > MAX_JOB_FILE_BYTES:
+            raise SpecError(f"job file {str(path)!r}: {size} bytes, more than a job file holds "
+                            f"({MAX_JOB_FILE_BYTES}); is it the right file?")
+        raw = yaml.load(path.read_text(), Loader=_NoAliasLoader) or {}  # noqa: S506 (a safe loader)
     except OSError as exc:
         raise SpecError(f"job file {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"job file {str(path)!r}: not text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"job file {str(path)!r}: not valid YAML ({exc})") from None
     if not isinstance(raw, dict):
@@ -417,7 +470,8 @@ def _with_endpoint(data: dict[str, Any]) -> dict[str, Any]:
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     urls = [data.get(k) for k in ("input", "output", "mask_url", "checkpoint", "lpips_weights",
                                   "inception_weights")]
-    mask = (data.get("settings") or {}).get("mask")
+    settings = data.get("settings")
+    mask = settings.get("mask") if isinstance(settings, dict) else None
     urls.append(mask if isinstance(mask, str) else None)
     if not endpoint or not any(_is_s3(u) for u in urls):
         return data
