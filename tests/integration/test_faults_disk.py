@@ -18,10 +18,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+from cluster import images, storage
+from cluster.dispatcher import Dispatcher
 from jobs.cli import main
+from tests.integration._stubs import StubWorker
 from tests.integration.test_faults_state import N, _check_final, _cli, _driver, _kill_at_commit, _shards
 from tests.integration.test_faults_state import _job as _state_job
+from tests.integration.test_worker import config
 
 pytestmark = pytest.mark.integration
 DISK_SIZE = "2m"  # a few hundred KB is the whole job; the ballast takes the rest
@@ -108,6 +113,45 @@ def _check_stopped(out: Path) -> None:
     assert not [p for p in out.rglob(".tmp-*")], "a half-written file was left"
     assert not (out / "_lease.json").exists(), "the lease was not released"
 
+
+def _inputs(root: Path, n: int) -> list[str]:
+    keys = [f"a{i}.png" for i in range(n)]
+    for k in keys:
+        storage.write_bytes(str(root / k), images.encode_png(torch.rand(3, 16, 16)))
+    return keys
+
+
+# ------------------------------------------------------------------- the worker and the dispatcher
+
+def test_worker_on_a_full_disk_raises_instead_of_failing_every_image(tmp_path, small_disk):
+    """No space is no image's fault: the shard raises StorageUnwritable (which stops the job) rather
+    than returning a failed row per image, and leaves no file behind."""
+    keys = _inputs(tmp_path / "in", 5)
+    _fill(small_disk / "ballast")
+    out = small_disk / "out"
+    worker = StubWorker(config(str(tmp_path / "in"), str(out), batch_size=2))
+    with pytest.raises(storage.StorageUnwritable, match=rf"^{out}/images/a\d\.png: no space left on device$"):
+        worker.restore_shard({"shard_id": 0, "keys": keys})
+    assert worker.progress() == {}
+    assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_dispatcher_stops_at_an_unwritable_output(tmp_path, small_disk, ray_local):
+    """A shard raising StorageUnwritable stops the run with it: not retried elsewhere, no shard
+    delivered as failed rows, no actor replaced; the shards handed out stay in `unsettled`."""
+    keys = _inputs(tmp_path / "in", 6)
+    _fill(small_disk / "ballast")
+    shards = [{"shard_id": i, "keys": keys[2 * i:2 * i + 2], "attempt": 0} for i in range(3)]
+    seen: list[dict] = []
+    d = Dispatcher(config(str(tmp_path / "in"), str(small_disk / "out")), num_workers=1, gpus_per_worker=1.0,
+                   worker_cls=StubWorker)
+    with pytest.raises(storage.StorageUnwritable, match="no space left on device"):
+        d.run(shards, seen.append)
+    assert seen == [] and d.workers_replaced == 0 and d.slots == []
+    assert d.unsettled and set(d.unsettled) <= {0, 1, 2}
+
+
+# ---------------------------------------------------------------------------------- whole jobs
 
 def test_disk_full_mid_job(tmp_path, small_disk, ray_local, capsys):
     """The output's disk fills up after two shards are committed: the run stops at its next write
