@@ -12,7 +12,10 @@ Failures:
   for good, a new actor is started in its place, and every shard it had in flight is re-queued with
   ``attempt + 1`` (to any live actor; a replacement that cannot be placed yet does not hold work);
 - a shard that reaches `max_attempts` comes back as a summary whose rows are all failed with the reason;
-- an actor whose ``__init__`` raises (unknown model, bad checkpoint) stops the run with `WorkerStartError`.
+- an actor whose ``__init__`` raises (unknown model, bad checkpoint) stops the run with `WorkerStartError`;
+- a shard whose output takes no more writes (``storage.StorageUnwritable``: full, over quota, read-only)
+  stops the run with that error: every other shard would meet it too. The actors are gone when `run`
+  raises, and `unsettled` names the shards whose images may be partly written.
 
 Retries are at-least-once: a re-queued shard may have written some images before its actor died;
 the worker's writes are single writes to deterministic keys, so the retry overwrites them.
@@ -30,6 +33,7 @@ from ray.exceptions import RayError, RayTaskError
 
 from cluster.config import WorkerConfig
 from cluster.rows import fail
+from cluster.storage import StorageUnwritable
 from cluster.worker import RestoreWorker, shard_rows
 
 DEFAULT_WORKER_MEMORY = 2 * 2**30
@@ -76,7 +80,8 @@ class Dispatcher:
     Progress counters, updated before each ``on_result`` call: `shards_done`, `shards_failed`
     (given up after `max_attempts`), `images_ok`, `images_failed`, `workers_replaced`; and
     `first_ready_at` / `ready_times` (``time.monotonic()`` when the first / each actor could take work,
-    for rates and ETAs).
+    for rates and ETAs); `unsettled` (shard id -> shard) the shards given to an actor whose results have
+    not been through ``on_result`` (yet).
     """
 
     def __init__(self, config: WorkerConfig, *, num_workers: int, gpus_per_worker: float = 1.0,
@@ -117,6 +122,7 @@ class Dispatcher:
         self.workers_replaced = 0
         self.first_ready_at: float | None = None  # time.monotonic() when the first actor was ready
         self.ready_times: list[float] = []  # time.monotonic() of every actor becoming ready
+        self.unsettled: dict[int, dict] = {}
         self._config_ref = None
 
     # ------------------------------------------------------------------------------------------ run
@@ -161,8 +167,11 @@ class Dispatcher:
                         f"{self._options['num_gpus']:g} GPU and {self._options['num_cpus']:g} CPU; "
                         f"the cluster has {_resources(ray.cluster_resources())}")
         finally:
+            running = [ref for s in self.slots for ref in s.inflight]
             for s in self.slots:
                 ray.kill(s.actor, no_restart=True)
+            if running:  # their tasks end when the actors are gone: no write of theirs comes later
+                ray.wait(running, num_returns=len(running), timeout=30)
             self.slots = []
 
     # ------------------------------------------------------------------------------------- internals
@@ -202,6 +211,7 @@ class Dispatcher:
             slot = min(open_slots, key=lambda s: len(s.inflight))
             shard = pending.popleft()
             slot.inflight[slot.actor.restore_shard.remote(shard)] = shard
+            self.unsettled[shard["shard_id"]] = shard
 
     def _on_ready(self, slot: _Slot) -> None:
         try:
@@ -220,6 +230,8 @@ class Dispatcher:
         try:
             summary = ray.get(ref)
         except RayTaskError as e:  # restore_shard itself raised: retry elsewhere or later
+            if isinstance(e.cause, StorageUnwritable):  # ... unless no shard can write its outputs
+                raise e.cause from None
             self._retry(shard, _reason(e), pending, on_result)
             return
         except RayError as e:  # the actor is dead or unreachable
@@ -266,6 +278,7 @@ class Dispatcher:
         self.images_ok += ok
         self.images_failed += len(summary["rows"]) - ok
         on_result(summary)
+        self.unsettled.pop(summary["shard_id"], None)
 
 
 def _resources(res: dict) -> str:

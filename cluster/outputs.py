@@ -5,9 +5,13 @@ Everything here is CPU work on small tensors, done off the sampling thread.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 
+from cluster import storage
 from cluster.storage import join
 
 
@@ -25,6 +29,16 @@ def output_urls(output_url: str, key: str) -> dict[str, str]:
     """Where one image's outputs go: images/, panels/ and std/ under the output URL, as PNG."""
     name = output_name(key)
     return {part: join(output_url, part, name) for part in ("images", "panels", "std")}
+
+
+def remove_outputs(output_url: str, keys: Iterable[str], options: dict | None = None) -> None:
+    """Delete whatever outputs of `keys` exist: those of shards that were not committed, whose rows
+    were never written, so that no image file is left without its row. Best effort: where the
+    storage refuses (read-only), they stay until a rerun writes them again."""
+    for key in keys:
+        for url in output_urls(output_url, key).values():
+            with contextlib.suppress(OSError):
+                storage.remove(url, options)
 
 
 def _tile(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

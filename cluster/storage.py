@@ -5,7 +5,9 @@ Any fsspec URL works: a local path, ``file://``, ``s3://`` (s3fs; an endpoint th
 
 Errors: a missing object is ``FileNotFoundError``; everything the storage itself gets wrong (network,
 throttling, permissions, an unknown protocol) is :class:`StorageError` naming the URL, after retries
-where retrying can help. Bad file *contents* are not storage errors (see ``cluster.images.BadInput``).
+where retrying can help; a storage that takes no more writes (a full disk, a quota, read-only) is
+:class:`StorageUnwritable`, at once. Bad file *contents* are not storage errors (see
+``cluster.images.BadInput``).
 
 Writes are single writes, so writing the same key twice (a retried shard) overwrites and never leaves
 a half-written or duplicate object: one PUT on object stores, a temporary file + ``os.replace`` on a
@@ -15,6 +17,7 @@ local disk.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -31,6 +34,23 @@ class StorageError(OSError):
         super().__init__(f"{url}: {reason}")
         self.url = url
         self.reason = reason
+
+
+UNWRITABLE = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+              errno.EROFS: "read-only file system"}
+"""The errno values of a storage that takes no more writes, and how to say each."""
+
+
+class StorageUnwritable(StorageError):
+    """The storage takes no more writes (`errno`: a key of UNWRITABLE): retrying cannot help, and
+    every other write there would fail the same way."""
+
+    def __init__(self, url: str, code: int):
+        super().__init__(url, UNWRITABLE[code])
+        self.errno = code
+
+    def __reduce__(self):  # OSError's pickles the message alone; this crosses Ray from the workers
+        return type(self), (self.url, self.errno)
 
 
 def filesystem(url: str, storage_options: dict | None = None):
@@ -65,16 +85,19 @@ def _is_local(fs) -> bool:
 def with_retries(url: str, fn, attempts: int = 3, *, precondition_is_final: bool = False):
     """Run `fn`; transient storage failures are retried with a short backoff.
 
-    A missing object raises FileNotFoundError at once; permission and path-shape errors become a
-    StorageError at once (retrying cannot fix them); anything else is retried, then a StorageError.
+    A missing object raises FileNotFoundError at once; a full, over-quota or read-only storage is a
+    StorageUnwritable at once; permission and path-shape errors become a StorageError at once
+    (retrying cannot fix them); anything else is retried, then a StorageError.
     With `precondition_is_final`, a failed write condition (HTTP 412) raises at once, for the caller.
     """
     for i in range(attempts):
         try:
             return fn()
-        except (FileNotFoundError, UnsafeLink):
+        except (FileNotFoundError, UnsafeLink, StorageUnwritable):
             raise
         except OSError as e:
+            if e.errno in UNWRITABLE:
+                raise StorageUnwritable(url, e.errno) from e
             if precondition_is_final and "pre-condition" in str(e):
                 raise _PreconditionFailed(str(e)) from e
             if isinstance(e, PermissionError | IsADirectoryError | NotADirectoryError | FileExistsError):
@@ -293,14 +316,7 @@ def write_if(url: str, data: bytes, storage_options: dict | None = None, *, tag:
     condition no longer holds (someone else wrote first)."""
     fs, path = filesystem(url, storage_options)
     if _is_local(fs):
-        with _local_lock(path):
-            current = None
-            with contextlib.suppress(FileNotFoundError):
-                current = hashlib.sha256(_read_local(path)).hexdigest()
-            if current != tag:
-                return False
-            _write_local(path, data)
-            return True
+        return with_retries(url, lambda: _write_local_if(path, data, tag))
     if _is_s3(fs):
         kwargs = {"mode": "create"} if tag is None else {"IfMatch": tag}
         try:
@@ -320,19 +336,34 @@ def delete_if(url: str, storage_options: dict | None = None, *, tag: str) -> boo
     disks, which is fine for a lease its holder releases)."""
     fs, path = filesystem(url, storage_options)
     if _is_local(fs):
-        with _local_lock(path):
-            try:
-                if hashlib.sha256(_read_local(path)).hexdigest() != tag:
-                    return False
-                os.unlink(path)
-            except FileNotFoundError:
-                return False
-            return True
+        return with_retries(url, lambda: _delete_local_if(path, tag))
     current = read_tagged(url, storage_options)
     if current is None or current[1] != tag:
         return False
     with_retries(url, lambda: fs.rm_file(path))
     return True
+
+
+def _write_local_if(path: str, data: bytes, tag: str | None) -> bool:
+    with _local_lock(path):
+        current = None
+        with contextlib.suppress(FileNotFoundError):
+            current = hashlib.sha256(_read_local(path)).hexdigest()
+        if current != tag:
+            return False
+        _write_local(path, data)
+        return True
+
+
+def _delete_local_if(path: str, tag: str) -> bool:
+    with _local_lock(path):
+        try:
+            if hashlib.sha256(_read_local(path)).hexdigest() != tag:
+                return False
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
 
 
 @contextlib.contextmanager

@@ -18,7 +18,9 @@ one reads and decodes its first batch while the first one samples, and waits on 
 Per-image problems (unreadable file, wrong size, missing mask, a write that fails, an out-of-memory
 error for one image) become failed rows; `restore_shard` returns a summary for every key and does not
 raise for a bad image. A batch that fails as a whole is retried one image at a time so that only the
-bad image fails.
+bad image fails. An output that takes no more writes (full, over quota, read-only:
+``storage.StorageUnwritable``) is no image's fault: the shard samples nothing more, waits for its
+writes, and raises it, so that the job stops.
 """
 
 from __future__ import annotations
@@ -118,7 +120,16 @@ class RestoreWorker:
         writes: list[tuple[int, Future]] = []
         feats: dict[int, tuple] = {}  # row index -> (restored, truth) Inception features
         busy = 0.0
+        refused = threading.Event()  # a write met an output that takes no more writes
+
+        def written(fut: Future) -> None:
+            self._finish(sid)
+            if isinstance(fut.exception(), storage.StorageUnwritable):
+                refused.set()
+
         while (batch := batches.get()) is not _DONE:
+            if refused.is_set():
+                continue  # sample nothing more; drain the reader so that it ends
             with self._lock:
                 t1 = time.perf_counter()
                 results = self._sample(batch, rows)
@@ -129,14 +140,20 @@ class RestoreWorker:
                     feats[item.index] = (res.features, res.truth_features)
                 rows[item.index]["seconds"] += item.seconds
                 fut = self._pool.submit(self._write, item, res, rows[item.index])
-                fut.add_done_callback(lambda _f: self._finish(sid))
+                fut.add_done_callback(written)
                 writes.append((item.index, fut))
         reader.join()
+        unwritable = None
         for index, fut in writes:
             try:
                 fut.result()
+            except storage.StorageUnwritable as e:  # no image's fault: raised once every write has ended
+                unwritable = unwritable or e
             except Exception as e:  # the write failed after retries: the image is not delivered
                 fail(rows[index], e)
+        if unwritable is not None:
+            self._finished.pop(sid, None)
+            raise unwritable
         seconds = time.perf_counter() - t0
         for r in rows:
             if r["status"] != "ok" and r["error"] is None:

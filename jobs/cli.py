@@ -311,12 +311,18 @@ def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
         print(plan_mod.describe(prepared, workers=workers, model_calls=spec.model_calls()))
         return EXIT_OK
     plan_mod.check_apart(spec.input, spec.output)  # before the lease writes into the output
+    from cluster.storage import StorageUnwritable
+    from jobs.errors import output_unwritable
+
     lease = Lease(spec.output, spec.storage_options, ttl=spec.lease_ttl, log=_log)
-    lease.acquire(wait=spec.wait_for_lease)
     try:
-        return _run_held(spec, lease)
-    finally:
-        lease.release()
+        lease.acquire(wait=spec.wait_for_lease)
+        try:
+            return _run_held(spec, lease)
+        finally:
+            lease.release()
+    except StorageUnwritable as exc:  # a full disk, a quota, read-only: at any write of the run
+        raise output_unwritable(spec.output, exc) from None
 
 
 def _run_held(spec: JobSpec, lease) -> int:
@@ -351,16 +357,23 @@ def _run_held(spec: JobSpec, lease) -> int:
             progress.update(c["ok"], c["failed"], costs.get(summary["shard_id"], 0))
 
         from cluster.dispatcher import Dispatcher, WorkerStartError
+        from cluster.outputs import remove_outputs
+        from cluster.storage import StorageUnwritable
+
         try:
             # two shards queued per worker overlap reading with sampling; with fewer shards than
             # that, one each, so that every worker gets one
             in_flight = 2 if len(prepared.pending) >= 2 * workers else 1
-            Dispatcher(prepared.config, num_workers=workers, gpus_per_worker=gpw, in_flight=in_flight,
-                       cpus_per_worker=spec.cpus_per_worker, start_timeout=spec.worker_start_timeout,
-                       on_wait=progress.waiting, on_progress=progress.running).run(prepared.pending,
-                                                                                    on_result)
+            dispatcher = Dispatcher(prepared.config, num_workers=workers, gpus_per_worker=gpw,
+                                    in_flight=in_flight, cpus_per_worker=spec.cpus_per_worker,
+                                    start_timeout=spec.worker_start_timeout, on_wait=progress.waiting,
+                                    on_progress=progress.running)
+            dispatcher.run(prepared.pending, on_result)
         except WorkerStartError as exc:
             raise JobError(str(exc)) from None
+        except StorageUnwritable:  # the run stops: the uncommitted shards' images go with their rows
+            remove_outputs(out, [k for s in dispatcher.unsettled.values() for k in s["keys"]], opts)
+            raise
         finally:
             progress.close()
             if started:

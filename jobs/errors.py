@@ -7,6 +7,7 @@ line on stderr naming the problem; 130 / 143 interrupted by Ctrl-C / SIGTERM (co
 
 from __future__ import annotations
 
+import errno
 import re
 
 EXIT_OK = 0
@@ -46,3 +47,15 @@ class JobError(Exception):
 
 class SpecError(JobError, ValueError):
     """A spec field is invalid; the message names the field and the value."""
+
+
+_UNWRITABLE_FIX = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there or raise the quota",
+                   errno.EROFS: "make it writable"}
+
+
+def output_unwritable(output: str, exc) -> JobError:
+    """The job's one line for an output that takes no more writes (`exc`: a
+    ``cluster.storage.StorageUnwritable``): what is wrong, where, and what to do."""
+    fix = _UNWRITABLE_FIX.get(exc.errno, "make it writable")
+    return JobError(f"output {output}: {exc.reason} (writing {exc.url}); committed shards are kept: {fix} "
+                    "and run again")
