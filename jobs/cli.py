@@ -18,6 +18,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from cluster.storage import StorageError
+from jobs import errors
 from jobs.errors import EXIT_ERROR, EXIT_FAILED_IMAGES, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, JobError
 from jobs.spec import JobSpec, parse_assignments
 
@@ -220,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as exc:
         print(f"ddnm-batch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except OSError as exc:  # cluster.storage.StorageError and friends while the job ran
+    except StorageError as exc:  # while the job ran, after cluster.storage's retries
+        print(f"ddnm-batch: error: {errors.storage_failed(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # anything else the system refused
         print(f"ddnm-batch: error: storage failed ({exc}); committed shards are kept, run again to resume",
               file=sys.stderr)
         return EXIT_ERROR

@@ -7,6 +7,8 @@ line on stderr naming the problem; 130 / 143 interrupted by Ctrl-C / SIGTERM (co
 
 from __future__ import annotations
 
+from cluster.storage import StorageError, StorageFull, StorageUnreachable
+
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_FAILED_IMAGES = 3
@@ -20,3 +22,15 @@ class JobError(Exception):
 
 class SpecError(JobError, ValueError):
     """A spec field is invalid; the message names the field and the value."""
+
+
+def storage_failed(exc: StorageError) -> str:
+    """The one line for a storage failure that stops a run: the URL, the plain reason (from
+    `cluster.storage`, which names the endpoint), and what to do."""
+    if isinstance(exc, StorageFull):
+        todo = "free space or raise the quota there, then run again (committed shards are kept)"
+    elif isinstance(exc, StorageUnreachable):
+        todo = "run again once it answers (committed shards are kept)"
+    else:
+        todo = "committed shards are kept, run again to resume"
+    return f"{exc}; {todo}"
