@@ -15,10 +15,16 @@ the actor runs with ``max_concurrency=2``: the dispatcher keeps two shards queue
 one reads and decodes its first batch while the first one samples, and waits on the sampler lock
 (``self._lock``); only one batch is ever on the accelerator, so memory use is that of one batch.
 
-Per-image problems (unreadable file, wrong size, missing mask, a write that fails, an out-of-memory
-error for one image) become failed rows; `restore_shard` returns a summary for every key and does not
-raise for a bad image. A batch that fails as a whole is retried one image at a time so that only the
-bad image fails.
+Per-image problems (unreadable file, wrong size, missing mask, an image that cannot be encoded, an
+out-of-memory error for one image) become failed rows; `restore_shard` returns a summary for every key
+and does not raise for a bad image. A batch that fails as a whole is retried one image at a time so that
+only the bad image fails.
+
+The storage failing is not a problem of the image: a `cluster.storage.StorageError` (after its
+retries: unreachable, full, denied) stops the shard and `restore_shard` raises it, so that no image is
+committed as failed for it (the dispatcher then stops the job; a rerun restores the shard). Reading
+stops at the first such error; writes already queued may still land, under their deterministic names,
+and the rerun overwrites them.
 """
 
 from __future__ import annotations
@@ -112,8 +118,9 @@ class RestoreWorker:
         sid = int(shard["shard_id"])
         self._finished[sid] = 0
         batches: queue.Queue = queue.Queue(maxsize=2)
-        reader = threading.Thread(target=self._read_all, args=(keys, rows, batches, sid), daemon=True,
-                                  name=f"ddnm-reader-{shard['shard_id']}")
+        storage_failed: list[storage.StorageError] = []  # the reader's first one stops the shard
+        reader = threading.Thread(target=self._read_all, args=(keys, rows, batches, sid, storage_failed),
+                                  daemon=True, name=f"ddnm-reader-{shard['shard_id']}")
         reader.start()
         writes: list[tuple[int, Future]] = []
         feats: dict[int, tuple] = {}  # row index -> (restored, truth) Inception features
@@ -132,10 +139,14 @@ class RestoreWorker:
                 fut.add_done_callback(lambda _f: self._finish(sid))
                 writes.append((item.index, fut))
         reader.join()
+        if storage_failed:
+            raise storage_failed[0]
         for index, fut in writes:
             try:
                 fut.result()
-            except Exception as e:  # the write failed after retries: the image is not delivered
+            except storage.StorageError:
+                raise  # the storage, not the image: the shard stops
+            except Exception as e:  # the image could not be encoded: it is not delivered
                 fail(rows[index], e)
         seconds = time.perf_counter() - t0
         for r in rows:
@@ -150,8 +161,11 @@ class RestoreWorker:
         return summary
 
     # ----------------------------------------------------------------------------------------- reader
-    def _read_all(self, keys: list[str], rows: list[Row], out: queue.Queue, sid: int) -> None:
-        """Read and decode `keys` a window ahead, group equal sizes, put batches (lists of Item) on `out`."""
+    def _read_all(self, keys: list[str], rows: list[Row], out: queue.Queue, sid: int,
+                  storage_failed: list) -> None:
+        """Read and decode `keys` a window ahead, group equal sizes, put batches (lists of Item) on `out`.
+
+        A StorageError stops reading: it is appended to `storage_failed` and no more batches follow."""
         try:
             window = max(2 * self._batch_cap(), 4)
             futures: list[Future] = []
@@ -163,6 +177,11 @@ class RestoreWorker:
                     nxt += 1
                 try:
                     item = futures[i].result()
+                except storage.StorageError as e:
+                    storage_failed.append(e)
+                    for f in futures[i + 1:]:
+                        f.cancel()
+                    return
                 except Exception as e:
                     fail(rows[i], e)
                     if getattr(e, "size", None):
