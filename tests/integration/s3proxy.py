@@ -7,7 +7,8 @@ what the client sent (moto does not check them strictly). The faults, set and ch
 * :meth:`Proxy.fail_every` -- every k-th GET / HEAD / PUT gets 503 ``SlowDown`` or 500 ``InternalError``
   (alternating), as AWS S3 and MinIO answer when overloaded;
 * :meth:`Proxy.down` -- the proxy stops listening and drops its open connections: every new connection
-  is refused, as when the storage's process or host is gone; :meth:`Proxy.up` listens again on the same
+  is refused, as when the storage's process or host is gone (requests that arrive in the instant before
+  the port closes get their connection closed unanswered); :meth:`Proxy.up` listens again on the same
   port;
 * :meth:`Proxy.unavailable` -- every request gets 503 ``ServiceUnavailable`` (a store that answers but
   serves nothing, e.g. a load balancer in front of dead nodes);
@@ -19,7 +20,11 @@ what the client sent (moto does not check them strictly). The faults, set and ch
   needs its own handling: 403 looks like a permission error, 507 like a server error (5xx), 400 like a
   bad request -- only the error code says that the space is the problem.
 
-`requests` counts every request forwarded or answered, per (method, path) -- a fault answered counts too.
+:meth:`Proxy.after_put` starts a fault at an exact point of a job: right after the first PUT whose path
+contains a fragment (``/shards/``: the first commit) succeeded, before its answer goes back.
+
+`requests` counts every request that reached the proxy, per (method, path), a fault answered too;
+`faulted` counts those answered with a fault.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import contextlib
 import http.client
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -58,14 +64,17 @@ class Proxy:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: collections.Counter = collections.Counter()
+        self.faulted: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
         self._every = 0
         self._methods: tuple[str, ...] = ()
         self._seen = 0
-        self._faults = 0
         self._all: tuple[int, str, str] | None = None
         self._put: tuple[int, str, str] | None = None
-        self._server: ThreadingHTTPServer | None = None
+        self._trigger: tuple[str, Callable[[], None]] | None = None
+        self._server: _Server | None = None
+        self._refusing = False
+        self._stopping: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
         self.up()
 
@@ -85,16 +94,29 @@ class Proxy:
         with self._lock:
             self._put = QUOTA_ANSWERS[store] if store else None
 
+    def after_put(self, fragment: str, action: Callable[[], None]) -> None:
+        """Run `action` once, right after the first successful PUT whose path contains `fragment`, before
+        that PUT's answer is sent: whatever the client does next meets the fault."""
+        self._trigger = (fragment, action)
+
     @property
     def faults(self) -> int:
         """How many requests got an injected error so far."""
-        return self._faults
+        return sum(self.faulted.values())
 
     def down(self) -> None:
-        """Stop listening and cut the open connections: new ones are refused until :meth:`up`."""
+        """Stop listening and cut the open connections: new ones are refused until :meth:`up`.
+
+        Takes effect at once (requests from now on are dropped unanswered); the port closes within
+        50 ms, in a thread, so that a request's handler can call it (see :meth:`after_put`)."""
         server, self._server = self._server, None
         if server is None:
             return
+        self._refusing = True
+        self._stopping = threading.Thread(target=self._stop, args=(server,), daemon=True)
+        self._stopping.start()
+
+    def _stop(self, server: _Server) -> None:
         server.shutdown()
         server.server_close()
         with self._lock:
@@ -107,17 +129,23 @@ class Proxy:
         """Listen (again) on the same port."""
         if self._server is not None:
             return
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), _handler(self))
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True, name="s3proxy").start()
+        if self._stopping is not None:
+            self._stopping.join()
+        server = _Server(("127.0.0.1", self.port), _handler(self))
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+                         name="s3proxy").start()
         self._server = server
+        self._refusing = False
 
     def close(self) -> None:
         self.down()
+        if self._stopping is not None:
+            self._stopping.join()
 
     # ------------------------------------------------------------------------------------- internals
-    def _fault_for(self, method: str) -> tuple[int, str, str] | None:
+    def _fault_for(self, method: str, path: str) -> tuple[int, str, str] | None:
         with self._lock:
+            self.requests[(method, path)] += 1
             fault = self._all
             if fault is None and method == "PUT":
                 fault = self._put
@@ -126,8 +154,15 @@ class Proxy:
                 if self._seen % self._every == 0:
                     fault = _THROTTLE[(self._seen // self._every) % 2]
             if fault is not None:
-                self._faults += 1
+                self.faulted[(method, path)] += 1
             return fault
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # a connection cut by down() or the client
+        pass
 
 
 def _free_port() -> int:
@@ -178,9 +213,13 @@ def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
 
         def _any(self):
+            if proxy._refusing:  # down: drop it unanswered, as the closing port would
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                return
             body = self._body()
-            proxy.requests[(self.command, self.path.split("?")[0])] += 1
-            fault = proxy._fault_for(self.command)
+            fault = proxy._fault_for(self.command, self.path.split("?")[0])
             if fault is not None:
                 status, code, message = fault
                 self._answer(status, [("Content-Type", "application/xml")],
@@ -196,6 +235,10 @@ def _handler(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
                 data = resp.read()
                 out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP
                        and (k.lower() != "content-length" or self.command == "HEAD")]
+                trigger = proxy._trigger
+                if trigger and self.command == "PUT" and resp.status == 200 and trigger[0] in self.path:
+                    proxy._trigger = None
+                    trigger[1]()
                 self._answer(resp.status, out, data)
             finally:
                 conn.close()
