@@ -8,8 +8,8 @@ time, see `cluster.worker`), results are taken with ``ray.wait`` in completion o
 Failures:
 - a shard's task raises (a bug in the worker, not a bad image: those are rows): the shard is re-queued
   with ``attempt + 1``, the actor is kept;
-- a shard's task raises a `cluster.storage.StorageError` (the storage unreachable, full or refusing,
-  after the retries of `cluster.storage`): `run` raises it at once. Every worker shares that storage, so
+- a shard's task raises a `cluster.storage.StorageUnusable` (the storage unreachable or full, after
+  the retries of `cluster.storage`): `run` raises it at once. Every worker shares that storage, so
   another attempt elsewhere would fail the same way, only later; the caller's committed shards stand;
 - the actor dies or becomes unreachable (process killed, node removed, out of memory): it is killed
   for good, a new actor is started in its place, and every shard it had in flight is re-queued with
@@ -33,7 +33,7 @@ from ray.exceptions import RayError, RayTaskError
 
 from cluster.config import WorkerConfig
 from cluster.rows import fail
-from cluster.storage import StorageError
+from cluster.storage import StorageUnusable
 from cluster.worker import RestoreWorker, shard_rows
 
 DEFAULT_WORKER_MEMORY = 2 * 2**30
@@ -224,7 +224,7 @@ class Dispatcher:
         try:
             summary = ray.get(ref)
         except RayTaskError as e:  # restore_shard itself raised: retry elsewhere or later
-            if isinstance(getattr(e, "cause", None), StorageError):
+            if isinstance(getattr(e, "cause", None), StorageUnusable):
                 raise e.cause from None  # the shared storage failed: stop (see the module docstring)
             self._retry(shard, _reason(e), pending, on_result)
             return

@@ -4,13 +4,13 @@ Any fsspec URL works: a local path, ``file://``, ``s3://`` (s3fs; an endpoint th
 ``storage_options={"endpoint_url": ...}`` or AWS_ENDPOINT_URL, as for any s3fs program), ``gs://``...
 
 Errors: a missing object is ``FileNotFoundError``; everything the storage itself gets wrong is a
-:class:`StorageError` naming the URL, after retries where retrying can help. Two kinds have classes of
-their own, so that the job can say what to do: :class:`StorageUnreachable` (connection refused or timed
-out, or 5xx / throttling on every try) and :class:`StorageFull` (a quota or full drives: Ceph's 403
-``QuotaExceeded``, MinIO's 507 ``XMinioStorageFull`` and 400 ``XMinioAdminBucketQuotaExceeded``, a
-local ``ENOSPC`` / ``EDQUOT``; never retried, since waiting does not free space). Permission and
-path-shape errors are not retried either. Bad file *contents* are not storage errors (see
-``cluster.images.BadInput``).
+:class:`StorageError` naming the URL, after retries where retrying can help. The storage failing as a
+whole, not one object, is a :class:`StorageUnusable`, of two kinds, so that the job can say what to do:
+:class:`StorageUnreachable` (connection refused or timed out, or 5xx / throttling on every try) and
+:class:`StorageFull` (a quota or full drives: Ceph's 403 ``QuotaExceeded``, MinIO's 507
+``XMinioStorageFull`` and 400 ``XMinioAdminBucketQuotaExceeded``, a local ``ENOSPC`` / ``EDQUOT``;
+never retried, since waiting does not free space). Permission and path-shape errors are not retried
+either. Bad file *contents* are not storage errors (see ``cluster.images.BadInput``).
 
 Retries, and how long a dead storage takes to fail. One operation (a read, a write, a listing) is tried
 `RETRY_ATTEMPTS` (3) times by :func:`with_retries`, `RETRY_BACKOFF` seconds apart, doubled each time
@@ -21,7 +21,9 @@ Retries, and how long a dead storage takes to fail. One operation (a read, a wri
 connections therefore fails one operation within 3 x 3 s + 0.75 s < 10 s (at most 3 x 13 s + 0.75 s
 with retry-after headers); one that does not answer at all adds `connect_timeout` (5 s) per request, at
 most 9 x 5 s more. A job stops at the first operation that fails so (the driver's, or a worker's: see
-``cluster.worker``), plus one more for releasing its lease.
+``cluster.worker``), then spends at most one more releasing its lease (after waiting up to 10 s for a
+heartbeat under way). Measured with a local endpoint (tests/integration/test_faults_s3.py): about 8 s
+from the storage going down mid-job to the driver's exit.
 
 Writes are single writes, so writing the same key twice (a retried shard) overwrites and never leaves
 a half-written or duplicate object: one PUT on object stores, a temporary file + ``os.replace`` on a
@@ -68,11 +70,17 @@ class StorageError(OSError):
         return type(self), (self.url, self.reason)
 
 
-class StorageUnreachable(StorageError):
+class StorageUnusable(StorageError):
+    """The storage as a whole cannot serve the job, not one object's problem: every other operation
+    would fail the same way (a worker stops its shard for it, the job stops; other StorageErrors, such
+    as a permission or path-shape error, are one image's failed row)."""
+
+
+class StorageUnreachable(StorageUnusable):
     """The storage did not answer, or answered only 5xx / throttling, on every try."""
 
 
-class StorageFull(StorageError):
+class StorageFull(StorageUnusable):
     """The storage refused a write for want of space: a quota, or full drives. Never retried."""
 
 

@@ -15,16 +15,16 @@ the actor runs with ``max_concurrency=2``: the dispatcher keeps two shards queue
 one reads and decodes its first batch while the first one samples, and waits on the sampler lock
 (``self._lock``); only one batch is ever on the accelerator, so memory use is that of one batch.
 
-Per-image problems (unreadable file, wrong size, missing mask, an image that cannot be encoded, an
-out-of-memory error for one image) become failed rows; `restore_shard` returns a summary for every key
+Per-image problems (unreadable file, wrong size, missing mask, a write that fails, an out-of-memory
+error for one image) become failed rows; `restore_shard` returns a summary for every key
 and does not raise for a bad image. A batch that fails as a whole is retried one image at a time so that
 only the bad image fails.
 
-The storage failing is not a problem of the image: a `cluster.storage.StorageError` (after its
-retries: unreachable, full, denied) stops the shard and `restore_shard` raises it, so that no image is
-committed as failed for it (the dispatcher then stops the job; a rerun restores the shard). Reading
-stops at the first such error; writes already queued may still land, under their deterministic names,
-and the rerun overwrites them.
+The storage failing as a whole is not a problem of the image: a `cluster.storage.StorageUnusable`
+(after its retries: unreachable, or full) stops the shard and `restore_shard` raises it, so that no
+image is committed as failed for it (the dispatcher then stops the job; a rerun restores the shard).
+Reading stops at the first one; writes already queued may still land, under their deterministic names,
+and the rerun overwrites them. Other storage errors (a permission or path-shape error) are rows.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class RestoreWorker:
         sid = int(shard["shard_id"])
         self._finished[sid] = 0
         batches: queue.Queue = queue.Queue(maxsize=2)
-        storage_failed: list[storage.StorageError] = []  # the reader's first one stops the shard
+        storage_failed: list[storage.StorageUnusable] = []  # the reader's first one stops the shard
         reader = threading.Thread(target=self._read_all, args=(keys, rows, batches, sid, storage_failed),
                                   daemon=True, name=f"ddnm-reader-{shard['shard_id']}")
         reader.start()
@@ -144,9 +144,9 @@ class RestoreWorker:
         for index, fut in writes:
             try:
                 fut.result()
-            except storage.StorageError:
+            except storage.StorageUnusable:
                 raise  # the storage, not the image: the shard stops
-            except Exception as e:  # the image could not be encoded: it is not delivered
+            except Exception as e:  # the write failed after retries: the image is not delivered
                 fail(rows[index], e)
         seconds = time.perf_counter() - t0
         for r in rows:
@@ -165,7 +165,7 @@ class RestoreWorker:
                   storage_failed: list) -> None:
         """Read and decode `keys` a window ahead, group equal sizes, put batches (lists of Item) on `out`.
 
-        A StorageError stops reading: it is appended to `storage_failed` and no more batches follow."""
+        StorageUnusable stops reading: it is appended to `storage_failed` and no more batches follow."""
         try:
             window = max(2 * self._batch_cap(), 4)
             futures: list[Future] = []
@@ -177,7 +177,7 @@ class RestoreWorker:
                     nxt += 1
                 try:
                     item = futures[i].result()
-                except storage.StorageError as e:
+                except storage.StorageUnusable as e:
                     storage_failed.append(e)
                     for f in futures[i + 1:]:
                         f.cancel()
