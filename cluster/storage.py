@@ -210,8 +210,8 @@ def _failure(url: str, e: BaseException, kind: str, fs, *, tries: int, seconds: 
     if kind == "unreachable":
         how = "could not be reached" if not status else f"answered {status}" + (
             f" {code}" if code and code != str(status) else "")  # a HEAD's error has no body, no code
-        return StorageUnreachable(url, f"storage unreachable: {where} {how} on {tries} tries over "
-                                       f"{seconds:.1f} s ({said})")
+        return StorageUnreachable(url, f"storage unreachable: {where} {how} on {tries} "
+                                       f"{'try' if tries == 1 else 'tries'} over {seconds:.1f} s ({said})")
     return StorageError(url, said)
 
 
