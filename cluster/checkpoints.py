@@ -39,7 +39,7 @@ def local_checkpoint(url: str | None, storage_options: dict | None = None) -> st
     if not is_remote(url):
         return url.removeprefix("file://")
     fs, path = storage.filesystem(url, storage_options)
-    info = storage.with_retries(url, lambda: fs.info(path))
+    info = storage.with_retries(url, lambda: fs.info(path), fs=fs)
     if info.get("type") == "directory":
         raise FileNotFoundError(f"checkpoint {url}: is a folder, not a file")
     size = int(info.get("size") or 0)
@@ -53,7 +53,7 @@ def local_checkpoint(url: str | None, storage_options: dict | None = None) -> st
                 fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
                 os.close(fd)
                 try:
-                    storage.with_retries(url, lambda: fs.get_file(path, tmp))
+                    storage.with_retries(url, lambda: fs.get_file(path, tmp), fs=fs)
                     os.replace(tmp, target)
                 finally:
                     if os.path.exists(tmp):
@@ -66,6 +66,6 @@ def local_checkpoint(url: str | None, storage_options: dict | None = None) -> st
 def remote_fingerprint(url: str, storage_options: dict | None = None) -> str:
     """What identifies a remote checkpoint without downloading it: its ETag / checksum and size."""
     fs, path = storage.filesystem(url, storage_options)
-    info = storage.with_retries(url, lambda: fs.info(path))
+    info = storage.with_retries(url, lambda: fs.info(path), fs=fs)
     tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("crc32c") or "?"
     return f"{url} etag={str(tag).strip(chr(34))} size={info.get('size')}"

@@ -8,14 +8,16 @@ time, see `cluster.worker`), results are taken with ``ray.wait`` in completion o
 Failures:
 - a shard's task raises (a bug in the worker, not a bad image: those are rows): the shard is re-queued
   with ``attempt + 1``, the actor is kept;
+- a shard's task raises a `cluster.storage.StorageUnusable` (the storage unreachable, full or
+  read-only, after the retries of `cluster.storage`): `run` raises it at once. Every worker shares that
+  storage, so another attempt elsewhere would fail the same way, only later; the caller's committed
+  shards stand. The actors are gone when `run` raises, and `unsettled` names the shards whose images
+  may be partly written;
 - the actor dies or becomes unreachable (process killed, node removed, out of memory): it is killed
   for good, a new actor is started in its place, and every shard it had in flight is re-queued with
   ``attempt + 1`` (to any live actor; a replacement that cannot be placed yet does not hold work);
 - a shard that reaches `max_attempts` comes back as a summary whose rows are all failed with the reason;
-- an actor whose ``__init__`` raises (unknown model, bad checkpoint) stops the run with `WorkerStartError`;
-- a shard whose output takes no more writes (``storage.StorageUnwritable``: full, over quota, read-only)
-  stops the run with that error: every other shard would meet it too. The actors are gone when `run`
-  raises, and `unsettled` names the shards whose images may be partly written.
+- an actor whose ``__init__`` raises (unknown model, bad checkpoint) stops the run with `WorkerStartError`.
 
 Retries are at-least-once: a re-queued shard may have written some images before its actor died;
 the worker's writes are single writes to deterministic keys, so the retry overwrites them.
@@ -33,7 +35,7 @@ from ray.exceptions import RayError, RayTaskError
 
 from cluster.config import WorkerConfig
 from cluster.rows import fail
-from cluster.storage import StorageUnwritable
+from cluster.storage import StorageUnusable
 from cluster.worker import RestoreWorker, shard_rows
 
 DEFAULT_WORKER_MEMORY = 2 * 2**30
@@ -230,8 +232,8 @@ class Dispatcher:
         try:
             summary = ray.get(ref)
         except RayTaskError as e:  # restore_shard itself raised: retry elsewhere or later
-            if isinstance(e.cause, StorageUnwritable):  # ... unless no shard can write its outputs
-                raise e.cause from None
+            if isinstance(getattr(e, "cause", None), StorageUnusable):
+                raise e.cause from None  # the shared storage failed: stop (see the module docstring)
             self._retry(shard, _reason(e), pending, on_result)
             return
         except RayError as e:  # the actor is dead or unreachable

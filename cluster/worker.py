@@ -16,11 +16,17 @@ one reads and decodes its first batch while the first one samples, and waits on 
 (``self._lock``); only one batch is ever on the accelerator, so memory use is that of one batch.
 
 Per-image problems (unreadable file, wrong size, missing mask, a write that fails, an out-of-memory
-error for one image) become failed rows; `restore_shard` returns a summary for every key and does not
-raise for a bad image. A batch that fails as a whole is retried one image at a time so that only the
-bad image fails. An output that takes no more writes (full, over quota, read-only:
-``storage.StorageUnwritable``) is no image's fault: the shard samples nothing more, waits for its
-writes, and raises it, so that the job stops.
+error for one image) become failed rows; `restore_shard` returns a summary for every key
+and does not raise for a bad image. A batch that fails as a whole is retried one image at a time so that
+only the bad image fails.
+
+The storage failing as a whole is not a problem of the image: a `cluster.storage.StorageUnusable`
+(after its retries: unreachable, or full) stops the shard and `restore_shard` raises it, so that no
+image is committed as failed for it (the dispatcher then stops the job; a rerun restores the shard).
+Reading and sampling stop at the first one; the writes already queued end before it is raised (the
+driver then removes the uncommitted shards' images, so that none is left without its row; where it
+cannot, the rerun overwrites them under the same names). Other storage errors (a permission or
+path-shape error) are rows.
 """
 
 from __future__ import annotations
@@ -114,21 +120,22 @@ class RestoreWorker:
         sid = int(shard["shard_id"])
         self._finished[sid] = 0
         batches: queue.Queue = queue.Queue(maxsize=2)
-        reader = threading.Thread(target=self._read_all, args=(keys, rows, batches, sid), daemon=True,
-                                  name=f"ddnm-reader-{shard['shard_id']}")
+        storage_failed: list[storage.StorageUnusable] = []  # the reader's first one stops the shard
+        reader = threading.Thread(target=self._read_all, args=(keys, rows, batches, sid, storage_failed),
+                                  daemon=True, name=f"ddnm-reader-{shard['shard_id']}")
         reader.start()
         writes: list[tuple[int, Future]] = []
         feats: dict[int, tuple] = {}  # row index -> (restored, truth) Inception features
         busy = 0.0
-        refused = threading.Event()  # a write met an output that takes no more writes
+        refused = threading.Event()  # a write met a storage that serves no more
 
         def written(fut: Future) -> None:
             self._finish(sid)
-            if isinstance(fut.exception(), storage.StorageUnwritable):
+            if isinstance(fut.exception(), storage.StorageUnusable):
                 refused.set()
 
         while (batch := batches.get()) is not _DONE:
-            if refused.is_set():
+            if refused.is_set() or storage_failed:
                 continue  # sample nothing more; drain the reader so that it ends
             with self._lock:
                 t1 = time.perf_counter()
@@ -143,17 +150,17 @@ class RestoreWorker:
                 fut.add_done_callback(written)
                 writes.append((item.index, fut))
         reader.join()
-        unwritable = None
+        unusable = storage_failed[0] if storage_failed else None
         for index, fut in writes:
             try:
                 fut.result()
-            except storage.StorageUnwritable as e:  # no image's fault: raised once every write has ended
-                unwritable = unwritable or e
+            except storage.StorageUnusable as e:  # the storage, not the image: raised once every write
+                unusable = unusable or e           # has ended, so that none lands after the driver's clean-up
             except Exception as e:  # the write failed after retries: the image is not delivered
                 fail(rows[index], e)
-        if unwritable is not None:
+        if unusable is not None:
             self._finished.pop(sid, None)
-            raise unwritable
+            raise unusable
         seconds = time.perf_counter() - t0
         for r in rows:
             if r["status"] != "ok" and r["error"] is None:
@@ -167,8 +174,11 @@ class RestoreWorker:
         return summary
 
     # ----------------------------------------------------------------------------------------- reader
-    def _read_all(self, keys: list[str], rows: list[Row], out: queue.Queue, sid: int) -> None:
-        """Read and decode `keys` a window ahead, group equal sizes, put batches (lists of Item) on `out`."""
+    def _read_all(self, keys: list[str], rows: list[Row], out: queue.Queue, sid: int,
+                  storage_failed: list) -> None:
+        """Read and decode `keys` a window ahead, group equal sizes, put batches (lists of Item) on `out`.
+
+        StorageUnusable stops reading: it is appended to `storage_failed` and no more batches follow."""
         try:
             window = max(2 * self._batch_cap(), 4)
             futures: list[Future] = []
@@ -180,6 +190,11 @@ class RestoreWorker:
                     nxt += 1
                 try:
                     item = futures[i].result()
+                except storage.StorageUnusable as e:
+                    storage_failed.append(e)
+                    for f in futures[i + 1:]:
+                        f.cancel()
+                    return
                 except Exception as e:
                     fail(rows[i], e)
                     if getattr(e, "size", None):

@@ -18,6 +18,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from cluster.storage import StorageError
+from jobs import errors
 from jobs.errors import EXIT_ERROR, EXIT_FAILED_IMAGES, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, JobError
 from jobs.spec import JobSpec, parse_assignments
 
@@ -220,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     except JobError as exc:
         print(f"ddnm-batch: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    except OSError as exc:  # cluster.storage.StorageError and friends while the job ran
+    except StorageError as exc:  # while the job ran, after cluster.storage's retries
+        print(f"ddnm-batch: error: {errors.storage_failed(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as exc:  # anything else the system refused
         print(f"ddnm-batch: error: storage failed ({exc}); committed shards are kept, run again to resume",
               file=sys.stderr)
         return EXIT_ERROR
@@ -311,18 +316,12 @@ def run_job(spec: JobSpec, *, dry_run: bool = False) -> int:
         print(plan_mod.describe(prepared, workers=workers, model_calls=spec.model_calls()))
         return EXIT_OK
     plan_mod.check_apart(spec.input, spec.output)  # before the lease writes into the output
-    from cluster.storage import StorageUnwritable
-    from jobs.errors import output_unwritable
-
     lease = Lease(spec.output, spec.storage_options, ttl=spec.lease_ttl, log=_log)
+    lease.acquire(wait=spec.wait_for_lease)
     try:
-        lease.acquire(wait=spec.wait_for_lease)
-        try:
-            return _run_held(spec, lease)
-        finally:
-            lease.release()
-    except StorageUnwritable as exc:  # a full disk, a quota, read-only: at any write of the run
-        raise output_unwritable(spec.output, exc) from None
+        return _run_held(spec, lease)
+    finally:
+        lease.release()
 
 
 def _run_held(spec: JobSpec, lease) -> int:
@@ -371,7 +370,9 @@ def _run_held(spec: JobSpec, lease) -> int:
             dispatcher.run(prepared.pending, on_result)
         except WorkerStartError as exc:
             raise JobError(str(exc)) from None
-        except StorageUnwritable:  # the run stops: the uncommitted shards' images go with their rows
+        except StorageUnwritable:  # full or read-only: the uncommitted shards' images go with their rows
+            # (not for an unreachable storage, where each delete would wait out the retries: the rerun
+            # overwrites them under the same names)
             remove_outputs(out, [k for s in dispatcher.unsettled.values() for k in s["keys"]], opts)
             raise
         finally:

@@ -7,8 +7,9 @@ line on stderr naming the problem; 130 / 143 interrupted by Ctrl-C / SIGTERM (co
 
 from __future__ import annotations
 
-import errno
 import re
+
+from cluster.storage import StorageError, StorageFull, StorageUnreachable, StorageUnwritable
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -49,13 +50,15 @@ class SpecError(JobError, ValueError):
     """A spec field is invalid; the message names the field and the value."""
 
 
-_UNWRITABLE_FIX = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there or raise the quota",
-                   errno.EROFS: "make it writable"}
-
-
-def output_unwritable(output: str, exc) -> JobError:
-    """The job's one line for an output that takes no more writes (`exc`: a
-    ``cluster.storage.StorageUnwritable``): what is wrong, where, and what to do."""
-    fix = _UNWRITABLE_FIX.get(exc.errno, "make it writable")
-    return JobError(f"output {output}: {exc.reason} (writing {exc.url}); committed shards are kept: {fix} "
-                    "and run again")
+def storage_failed(exc: StorageError) -> str:
+    """The one line for a storage failure that stops a run: the URL, the plain reason (from
+    `cluster.storage`, which names the endpoint), and what to do."""
+    if isinstance(exc, StorageFull):
+        todo = "free space or raise the quota there, then run again (committed shards are kept)"
+    elif isinstance(exc, StorageUnwritable):
+        todo = "make it writable, then run again (committed shards are kept)"
+    elif isinstance(exc, StorageUnreachable):
+        todo = "run again once it answers (committed shards are kept)"
+    else:
+        todo = "committed shards are kept, run again to resume"
+    return shorten(f"{exc}; {todo}")

@@ -15,14 +15,14 @@ from typing import Any
 
 from cluster import storage
 from cluster.images import IMAGE_EXTENSIONS, is_image_key
-from jobs.errors import JobError
+from jobs.errors import JobError, storage_failed
 
 MANIFEST_EXTENSIONS = (".txt", ".csv", ".parquet")
 
 
 def unreachable(exc: storage.StorageError) -> JobError:
     """A storage failure before any work, as the job's one-line error."""
-    return JobError(f"{exc.url}: storage not reachable ({exc.reason})")
+    return JobError(storage_failed(exc))
 
 
 def is_manifest(url: str) -> bool:

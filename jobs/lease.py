@@ -240,11 +240,18 @@ class Lease:
                                "without writing more (committed shards are kept)")
 
     def release(self) -> None:
-        """Stop the heartbeat and delete the lease if this run still holds it."""
+        """Stop the heartbeat and delete the lease if this run still holds it.
+
+        A storage failure here is logged, not raised: the run is ending (often because of that same
+        failure, whose message must not be replaced), and a lease left behind is taken over by the next
+        run, at once on this host (its process is gone), else after its ttl."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         with self._lock:
             if self._tag is not None and not self._lost:
-                storage.delete_if(self.url, self.options, tag=self._tag)
+                try:
+                    storage.delete_if(self.url, self.options, tag=self._tag)
+                except storage.StorageError as exc:
+                    self.log(f"could not delete {self.url} ({exc.reason}); the next run takes it over")
             self._tag = None

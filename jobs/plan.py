@@ -277,7 +277,7 @@ def _read_previous_spec(out: str, opts: dict[str, Any]) -> dict[str, Any] | None
     try:
         return storage.read_json(storage.join(out, layout.SPEC_FILE), opts)
     except storage.StorageError as exc:
-        raise JobError(f"output {out}: storage not reachable ({exc.reason})") from None
+        raise unreachable(exc) from None
 
 
 def _read(fn, *args, **kwargs):

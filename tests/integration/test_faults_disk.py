@@ -166,8 +166,8 @@ def test_disk_full_mid_job(tmp_path, small_disk, ray_local, capsys):
     _, err = proc.communicate(timeout=180)
     line = _error_line(err)
     assert proc.returncode == 1, err[-3000:]
-    assert re.fullmatch(rf"ddnm-batch: error: output {out}: no space left on device \(writing {out}/\S+\); "
-                        r"committed shards are kept: free space there and run again", line), line
+    assert re.fullmatch(rf"ddnm-batch: error: {out}/\S+: no space left on device; free space or raise the "
+                        r"quota there, then run again \(committed shards are kept\)", line), line
     committed = _shards(out)
     assert 2 <= len(committed) < N, "the run should have stopped mid-job"
     assert [n for n, data in at_fill.items() if committed.get(n) != data] == [], "a commit was lost"
@@ -188,8 +188,8 @@ def test_read_only_output(tmp_path, small_disk, ray_local):
     changes nothing; remounted read-write, the same command finishes the job."""
     argv, keys, out = _job(tmp_path, small_disk / "out")
     address = ["--address", ray_local.get_runtime_context().gcs_address]
-    expected = (rf"ddnm-batch: error: output {out}: read-only file system \(writing {out}/\S+\); "
-                r"committed shards are kept: make it writable and run again")
+    expected = (rf"ddnm-batch: error: {out}\S*: read-only file system; make it writable, then run again "
+                r"\(committed shards are kept\)")
 
     _remount(small_disk, "ro")
     code, err = _cli([*argv, *address])

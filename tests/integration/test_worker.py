@@ -163,6 +163,32 @@ def test_failed_write_is_a_failed_row(tmp_path):
     assert row["status"] == "failed" and row["error"].startswith("a.png:") and row["output"] is None
 
 
+@pytest.mark.parametrize("where", ["read", "write"])
+def test_unusable_storage_stops_the_shard_instead_of_failing_rows(tmp_path, monkeypatch, where):
+    """Unreachable or full storage is not one image's problem: restore_shard raises it (no rows), the
+    shard runs again when the storage is back; the reader stops at the first one."""
+    inp = str(tmp_path / "in")
+    keys = [f"k{i:02d}.png" for i in range(12)]
+    for k in keys:
+        storage.write_bytes(storage.join(inp, k), images.encode_png(torch.rand(3, 16, 16)))
+    error = (storage.StorageUnreachable if where == "read" else storage.StorageFull)("s3://b/x", "why")
+    calls = []
+    real = getattr(storage, f"{where}_bytes")
+
+    def failing(url, *args):
+        calls.append(url)
+        if url.endswith("k01.png") or where == "write":
+            raise error
+        return real(url, *args)
+
+    monkeypatch.setattr(storage, f"{where}_bytes", failing)
+    w = StubWorker(config(inp, str(tmp_path / "out"), batch_size=1))
+    with pytest.raises(type(error), match="why"):
+        w.restore_shard({"shard_id": 0, "keys": keys})
+    if where == "read":  # the reader's window (4) and one more, not the whole shard
+        assert len(calls) <= 5, calls
+
+
 def test_restore_mode_sr_and_grey_colorize(tmp_path):
     inp = str(tmp_path / "in")
     storage.write_bytes(storage.join(inp, "lr.png"), images.encode_png(torch.rand(3, 8, 8)))

@@ -10,7 +10,7 @@ import pickle
 import pytest
 
 from cluster import storage
-from jobs.errors import output_unwritable
+from jobs.errors import storage_failed
 
 
 @pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, "no space left on device"),
@@ -27,7 +27,8 @@ def test_unwritable_is_not_retried(code, reason):
         storage.with_retries("out/a.png", write)
     assert len(calls) == 1 and info.value.errno == code and info.value.reason == reason
     again = pickle.loads(pickle.dumps(info.value))  # as it crosses Ray from a worker
-    assert type(again) is storage.StorageUnwritable and str(again) == str(info.value)
+    assert type(again) is type(info.value) and str(again) == str(info.value)
+    assert isinstance(again, storage.StorageFull) == (code != errno.EROFS)  # read-only is not "full"
     assert (again.url, again.errno, again.reason) == ("out/a.png", code, reason)
 
 
@@ -57,11 +58,10 @@ def test_unwritable_local_disk_through_the_lease_writes(tmp_path, monkeypatch):
         storage.delete_if(url, tag="x")
 
 
-@pytest.mark.parametrize(("code", "fix"), [(errno.ENOSPC, "free space there"),
-                                           (errno.EDQUOT, "free space there or raise the quota"),
+@pytest.mark.parametrize(("code", "fix"), [(errno.ENOSPC, "free space or raise the quota there"),
+                                           (errno.EDQUOT, "free space or raise the quota there"),
                                            (errno.EROFS, "make it writable")])
 def test_the_line_says_what_to_do(code, fix):
-    exc = storage.StorageUnwritable("/d/out/shards/shard-000003.parquet", code)
-    assert str(output_unwritable("/d/out", exc)) == (
-        f"output /d/out: {storage.UNWRITABLE[code]} (writing /d/out/shards/shard-000003.parquet); committed "
-        f"shards are kept: {fix} and run again")
+    exc = storage.unwritable("/d/out/shards/shard-000003.parquet", code)
+    assert storage_failed(exc) == (f"/d/out/shards/shard-000003.parquet: {storage.UNWRITABLE[code]}; {fix}, "
+                                   "then run again (committed shards are kept)")
