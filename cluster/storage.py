@@ -381,10 +381,28 @@ def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> N
         with_retries(url, lambda: fs.pipe_file(path, data), fs=fs)
 
 
+PARTIAL_PREFIX = ".tmp-"
+"""The name a local write has until its ``os.replace``: a process killed in between leaves it behind."""
+
+
+def remove_partial_writes(url: str, storage_options: dict | None = None) -> list[str]:
+    """Delete the files a killed local write left directly under the folder `url` (named
+    :data:`PARTIAL_PREFIX`...; never read) -> their names. Only a run that holds the output may call
+    it (another writer's write under way would go too). Object stores leave none: a no-op there."""
+    fs, path = filesystem(url, storage_options)
+    if not _is_local(fs):
+        return []
+    names = [n for n in list_names(url, storage_options) if n.startswith(PARTIAL_PREFIX)]
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            with_retries(url, lambda n=name: os.unlink(os.path.join(path, n)), fs=fs)
+    return names
+
+
 def _write_local(path: str, data: bytes) -> None:
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path)[-32:])
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=PARTIAL_PREFIX, suffix=os.path.basename(path)[-32:])
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

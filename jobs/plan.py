@@ -300,6 +300,8 @@ def _write_start(prepared: Prepared, *, overwrite: bool) -> None:
         storage.remove(storage.join(out, layout.MANIFEST_FILE), opts)  # the output is incomplete again
     for shard_id in prepared.unreadable:  # not a commit: gone before its shard runs again
         storage.remove(layout.shard_url(out, shard_id), opts)
+    for folder in (layout.SHARDS_DIR, layout.FEATURES_DIR):  # a killed run's half-written commits
+        storage.remove_partial_writes(storage.join(out, folder), opts)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     created = (prepared.previous_spec or {}).get("created") if not overwrite else None
     storage.write_json(storage.join(out, layout.SPEC_FILE), {

@@ -93,3 +93,16 @@ def test_local_write_is_atomic_and_overwrites(tmp_path):
 def test_join():
     assert storage.join("s3://b/out/", "images", "/a/b.png") == "s3://b/out/images/a/b.png"
     assert storage.join("/tmp/x", "", "y") == "/tmp/x/y"
+
+
+def test_remove_partial_writes_deletes_only_what_a_killed_write_left(tmp_path):
+    from cluster import storage
+
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "shard-000001.parquet").write_bytes(b"committed")
+    (folder / ".tmp-abc-shard-000002.parquet").write_bytes(b"half")
+    (folder / ".hidden-note").write_bytes(b"keep")
+    assert storage.remove_partial_writes(str(folder)) == [".tmp-abc-shard-000002.parquet"]
+    assert sorted(p.name for p in folder.iterdir()) == [".hidden-note", "shard-000001.parquet"]
+    assert storage.remove_partial_writes(str(tmp_path / "none")) == []
