@@ -43,6 +43,7 @@ from ddnm.operators import build
 from ddnm.solvers import Sampling
 from ddnm.solvers.common import noise
 from tests.public.conftest import load
+from tests.twins import Recorded, Reindexed
 
 pytestmark = pytest.mark.public_code
 
@@ -53,31 +54,6 @@ F64 = torch.float64
 SUB = [400, 800]
 LAM, ZETA = 1.0, 0.3
 TOL = 1e-10
-
-
-class Recorded(torch.nn.Module):
-    """Our eps model, bounded (x0 = tanh(net)), recording every ``(t, x_t)``."""
-
-    def __init__(self, model, alpha_bar):
-        super().__init__()
-        self.model, self.abar = model, alpha_bar
-        self.calls: list[tuple[int, torch.Tensor]] = []
-
-    def forward(self, x, t):
-        t = torch.as_tensor(t).expand(x.shape[0])
-        self.calls.append((int(t[0]), x.detach().clone()))
-        out = self.model(x, t)[:, : SHAPE[0]]
-        ab = self.abar.to(x)[t].view(-1, 1, 1, 1)
-        return (x - ab.sqrt() * torch.tanh(out)) / (1 - ab).sqrt()
-
-
-class Reindexed(torch.nn.Module):
-    def __init__(self, eps, times):
-        super().__init__()
-        self.eps, self.times = eps, torch.as_tensor(times)
-
-    def forward(self, x, t):
-        return self.eps(x, self.times[torch.as_tensor(t)])
 
 
 class NoSvd:
@@ -120,7 +96,7 @@ def test_diffpir_data_step_agrees_with_diffpir_code(tiny, path):
     gens = [torch.Generator().manual_seed(100 + i) for i in range(B)]
     twin = [torch.Generator().manual_seed(100 + i) for i in range(B)]
     zs = [noise(twin, SHAPE, y) for _ in range(2)]  # x_T, the noise to the second step
-    eps = Recorded(tiny, abar)
+    eps = Recorded(tiny, abar, bounded=True)
     data_x0 = []
     sampling = Sampling(solver="diffpir", steps=2, sigma_y=SIGMA_Y,
                         solver_settings={"lambda": LAM, "zeta": ZETA, "cg_iters": 200, "cg_tol": 1e-13})
@@ -133,7 +109,7 @@ def test_diffpir_data_step_agrees_with_diffpir_code(tiny, path):
     for (t, xt), ours in zip(eps.calls, data_x0, strict=True):
         ab = float(abar[t])
         with torch.no_grad():
-            e = Recorded(tiny, abar)(xt, t)
+            e = Recorded(tiny, abar, bounded=True)(xt, t)
         x0 = (xt - math.sqrt(1 - ab) * e) / math.sqrt(ab)
         assert x0.abs().max() < 1  # their clip is idle
         tau = LAM * sigma**2 / ((1 - ab) / ab)

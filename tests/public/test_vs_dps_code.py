@@ -52,6 +52,7 @@ from ddnm.operators.inpaint import Inpaint
 from ddnm.solvers import Sampling
 from ddnm.solvers.common import noise
 from tests.public.conftest import load
+from tests.twins import Recorded, Reindexed
 
 pytestmark = pytest.mark.public_code
 
@@ -62,32 +63,6 @@ F64 = torch.float64
 SUB = [0, 333, 666, 999]  # their space_timesteps(1000, [4])
 ZETA = 0.3
 TOL = 1e-10
-
-
-class Recorded(torch.nn.Module):
-    """Our eps model, bounded (x0 = tanh(net)), recording every ``(t, x_t)``
-    (as ``Recorded(bounded=True)`` in tests/unit/test_vs_deepinv.py)."""
-
-    def __init__(self, model, alpha_bar):
-        super().__init__()
-        self.model, self.abar = model, alpha_bar
-        self.calls: list[tuple[int, torch.Tensor]] = []
-
-    def forward(self, x, t):
-        t = torch.as_tensor(t).expand(x.shape[0])
-        self.calls.append((int(t[0]), x.detach().clone()))
-        out = self.model(x, t)[:, : SHAPE[0]]
-        ab = self.abar.to(x)[t].view(-1, 1, 1, 1)
-        return (x - ab.sqrt() * torch.tanh(out)) / (1 - ab).sqrt()
-
-
-class Reindexed(torch.nn.Module):
-    def __init__(self, eps, times):
-        super().__init__()
-        self.eps, self.times = eps, torch.as_tensor(times)
-
-    def forward(self, x, t):
-        return self.eps(x, self.times[torch.as_tensor(t)])
 
 
 class TheirOperator:
@@ -182,11 +157,11 @@ def test_dps_steps_agree_with_dps_code(tiny, dps_code, task, monkeypatch):
     twin = [torch.Generator().manual_seed(100 + i) for i in range(B)]
     zs = [noise(twin, SHAPE, y) for _ in range(len(SUB) + 1)]
 
-    ours_eps = Recorded(tiny, abar)
+    ours_eps = Recorded(tiny, abar, bounded=True)
     sampling = Sampling(solver="dps", steps=len(SUB), solver_settings={"zeta": ZETA})
     ours = sampling.info.run(Reindexed(ours_eps, SUB), y, op, abar[SUB], gens, sampling, None).x
 
-    theirs_eps = Recorded(tiny, abar)
+    theirs_eps = Recorded(tiny, abar, bounded=True)
     theirs = run_theirs(gd, cm, theirs_eps, op, y, abar, zs, monkeypatch)
 
     # theirs runs image by image: regroup its calls per step to compare with our batched ones
@@ -202,5 +177,6 @@ def test_dps_steps_agree_with_dps_code(tiny, dps_code, task, monkeypatch):
     # the data term is not negligible here, so the agreement checks zeta's scaling (norm, not squared)
     no_data = Sampling(solver="dps", steps=len(SUB), solver_settings={"zeta": 0.0})
     gens = [torch.Generator().manual_seed(100 + i) for i in range(B)]
-    plain = no_data.info.run(Reindexed(Recorded(tiny, abar), SUB), y, op, abar[SUB], gens, no_data, None).x
+    bare = Reindexed(Recorded(tiny, abar, bounded=True), SUB)
+    plain = no_data.info.run(bare, y, op, abar[SUB], gens, no_data, None).x
     assert (plain - ours).abs().max().item() > 1e-2

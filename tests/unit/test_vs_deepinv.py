@@ -36,6 +36,7 @@ from ddnm.operators.inpaint import Inpaint
 from ddnm.perceptual import import_torchvision
 from ddnm.solvers import Sampling
 from ddnm.solvers.common import noise
+from tests.twins import Recorded, Reindexed
 
 try:  # deepinv imports torchvision first; beside a CPU torch its wheel needs this (ddnm.perceptual)
     import_torchvision()
@@ -52,38 +53,6 @@ F64 = torch.float64
 @pytest.fixture(scope="module")
 def tiny():
     return models.build("tiny", dtype=F64)
-
-
-class Recorded(torch.nn.Module):
-    """Our eps model, recording every ``(t, x_t)`` it is called with. ``bounded``: the same network
-    read as ``x0 = tanh(net(x_t, t))``, so Tweedie's x0 stays in (-1, 1) and neither side's clip to
-    [-1, 1] acts (DiffPIR and DPS clip, differently: see their tests)."""
-
-    def __init__(self, model, alpha_bar, *, bounded: bool):
-        super().__init__()
-        self.model, self.abar, self.bounded = model, alpha_bar, bounded
-        self.calls: list[tuple[int, torch.Tensor]] = []
-
-    def forward(self, x, t):
-        t = torch.as_tensor(t).expand(x.shape[0])
-        self.calls.append((int(t[0]), x.detach().clone()))
-        out = self.model(x, t)[:, : SHAPE[0]]
-        if not self.bounded:
-            return out
-        ab = self.abar.to(x)[t].view(-1, 1, 1, 1)
-        return (x - ab.sqrt() * torch.tanh(out)) / (1 - ab).sqrt()
-
-
-class Reindexed(torch.nn.Module):
-    """``eps(x, times[t])``: our solver run on the sub-schedule ``alpha_bar[times]`` steps through
-    exactly the time steps deepinv's sampler visits."""
-
-    def __init__(self, eps, times):
-        super().__init__()
-        self.eps, self.times = eps, torch.as_tensor(times)
-
-    def forward(self, x, t):
-        return self.eps(x, self.times[torch.as_tensor(t)])
 
 
 class Denoiser(torch.nn.Module):
